@@ -1,0 +1,421 @@
+//! One function per `spacectl` subcommand.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+
+use super::output::{human_bytes, mode_string, progress_bar, time_string};
+use super::{Cli, Command, PolicyAction, UsageError};
+use crate::policy::Policy;
+use crate::space::{PutOptions, Space, View};
+use crate::store::meta::NodeKind;
+use crate::store::{InitOptions, Store};
+
+pub fn run(cli: &Cli) -> Result<i32> {
+    match &cli.command {
+        Command::Init { dir, encrypt_key } => init(cli, dir.as_deref(), *encrypt_key),
+        Command::Policy {
+            action: PolicyAction::Check { file },
+        } => {
+            let p = read_policy(file)?;
+            print!("{}", p.to_yaml());
+            Ok(0)
+        }
+        _ => {
+            let space = open(cli)?;
+            dispatch(cli, &space)
+        }
+    }
+}
+
+pub fn open(cli: &Cli) -> Result<Space> {
+    let dir = cli.store_dir()?;
+    Ok(Space::open(&dir, &cli.unlock()?)?)
+}
+
+fn init(cli: &Cli, dir: Option<&Path>, encrypt_key: bool) -> Result<i32> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => cli.store_dir()?,
+    };
+    let unlock = cli.unlock()?;
+    if encrypt_key && unlock.passphrase.is_none() {
+        return Err(anyhow!(UsageError(
+            "--encrypt-key needs a passphrase: pass --passphrase-file FILE or set SPACE_PASSPHRASE"
+                .into()
+        )));
+    }
+    let unlock = crate::store::Unlock {
+        passphrase: if encrypt_key { unlock.passphrase } else { None },
+        key_file: unlock.key_file,
+    };
+    let config = Store::init(&dir, &InitOptions { unlock, kdf: None })?;
+    println!("initialized store {} at {}", config.store_id, dir.display());
+    Ok(0)
+}
+
+/// Reads and validates a policy file (`-` = stdin); errors name the file, field and line.
+fn read_policy(file: &Path) -> Result<Policy> {
+    let text = if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading policy from stdin")?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading policy file {}", file.display()))?
+    };
+    Policy::from_yaml(&text).with_context(|| format!("policy file {}", file.display()))
+}
+
+fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
+    match &cli.command {
+        Command::Init { .. } => unreachable!("handled before opening"),
+        Command::Put {
+            file,
+            dest,
+            policy,
+            parents,
+            quiet,
+        } => put(
+            space,
+            file,
+            dest.as_deref(),
+            policy.as_deref(),
+            *parents,
+            *quiet,
+        ),
+        Command::Get {
+            target,
+            output,
+            raw,
+        } => get(space, target, output.as_deref(), *raw),
+        Command::Ls { path, long } => ls(space, path, *long),
+        Command::Stat { target } => stat(space, target),
+        Command::Rm { path, recursive } => {
+            space.remove(path, *recursive)?;
+            Ok(0)
+        }
+        Command::Mv { from, to, force } => {
+            space.rename(from, to, *force)?;
+            Ok(0)
+        }
+        Command::Mkdir {
+            path,
+            parents,
+            policy,
+        } => {
+            let p = policy.as_deref().map(read_policy).transpose()?;
+            space.mkdir(path, *parents, p.as_ref())?;
+            Ok(0)
+        }
+        Command::Policy { action } => match action {
+            PolicyAction::Show { target } => {
+                let (node, _) = space.resolve_target(target)?;
+                match &node.policy {
+                    Some(_) => print!("{}", space.policy_of(&node)?.to_yaml()),
+                    None if node.kind == NodeKind::Dir => println!("# no policy: capsules created here get the nearest parent's or the default"),
+                    None => print!("{}", Policy::default().to_yaml()),
+                }
+                Ok(0)
+            }
+            PolicyAction::Set { path, file, clear } => {
+                let p = match (file, clear) {
+                    (_, true) => None,
+                    (Some(f), false) => Some(read_policy(f)?),
+                    (None, false) => {
+                        return Err(anyhow!(UsageError(
+                            "policy set needs a FILE (or - for stdin) or --clear".into()
+                        )))
+                    }
+                };
+                space.set_policy(path, p.as_ref())?;
+                Ok(0)
+            }
+            PolicyAction::Check { .. } => unreachable!("handled before opening"),
+        },
+        Command::Fsck => fsck(space),
+        Command::Gc => {
+            let r = space.gc()?;
+            println!(
+                "removed {} unreferenced chunks ({}), {} orphan objects, {} temporary files",
+                r.chunks_removed,
+                human_bytes(r.bytes_freed),
+                r.orphans_removed,
+                r.temporaries_removed
+            );
+            Ok(0)
+        }
+        Command::Stats => stats(space),
+    }
+}
+
+fn put(
+    space: &Space,
+    file: &str,
+    dest: Option<&str>,
+    policy: Option<&Path>,
+    parents: bool,
+    quiet: bool,
+) -> Result<i32> {
+    let policy = policy.map(read_policy).transpose()?;
+    let (mut input, size, mode, default_name): (
+        Box<dyn Read>,
+        Option<u64>,
+        Option<u32>,
+        Option<String>,
+    ) = if file == "-" {
+        (Box::new(std::io::stdin().lock()), None, None, None)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {file}"))?;
+        let md = f.metadata().with_context(|| format!("reading {file}"))?;
+        if md.is_dir() {
+            return Err(anyhow!(UsageError(format!(
+                "{file} is a directory (put stores files)"
+            ))));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let name = Path::new(file)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f)),
+            Some(md.len()),
+            Some(md.permissions().mode() & 0o7777),
+            name,
+        )
+    };
+    let dest = match (dest, default_name) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(n)) => format!("/{n}"),
+        (None, None) => return Err(anyhow!(UsageError("reading stdin needs --as PATH".into()))),
+    };
+    let pb = progress_bar(size, &format!("put {dest}"));
+    let opts = PutOptions {
+        policy,
+        mode,
+        parents,
+        ..Default::default()
+    };
+    let r = space.put(&mut input, &dest, &opts, &|n| {
+        if let Some(pb) = &pb {
+            pb.set_position(n)
+        }
+    });
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let r = r.with_context(|| format!("storing {file} as {dest}"))?;
+    println!("{}", r.node.uuid);
+    if !quiet {
+        eprintln!(
+            "{} {} (version {}): {} in {} chunks, {} new ({} written), {} reused",
+            if r.replaced { "updated" } else { "stored" },
+            crate::space::display_path(&dest),
+            r.node.version,
+            human_bytes(r.report.bytes),
+            r.report.chunks,
+            r.report.chunks - r.report.reused_chunks,
+            human_bytes(r.report.stored_bytes),
+            r.report.reused_chunks
+        );
+    }
+    Ok(0)
+}
+
+fn get(space: &Space, target: &str, output: Option<&Path>, raw: bool) -> Result<i32> {
+    let (node, path) = space.resolve_target(target)?;
+    let view = if raw { View::Raw } else { View::Transformed };
+    let pb = progress_bar(Some(node.size), &format!("get {path}"));
+    let progress = |n: u64| {
+        if let Some(pb) = &pb {
+            pb.set_position(n)
+        }
+    };
+    let result = match output {
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            space
+                .read_to(&node, view, &mut out, &progress)
+                .map_err(anyhow::Error::from)
+                .and_then(|n| out.flush().map(|_| n).map_err(anyhow::Error::from))
+        }
+        Some(file) => {
+            // Written beside the target and renamed on success: a failed get leaves no file.
+            let tmp = file.with_extension(format!("spacectl-partial-{}", std::process::id()));
+            let r = (|| -> Result<u64> {
+                let f = std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating {}", tmp.display()))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+                let n = space.read_to(&node, view, &mut out, &progress)?;
+                out.flush()?;
+                out.get_ref().sync_all()?;
+                std::fs::rename(&tmp, file)
+                    .with_context(|| format!("renaming to {}", file.display()))?;
+                Ok(n)
+            })();
+            if r.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            r
+        }
+    };
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    result.with_context(|| format!("reading {path}"))?;
+    Ok(0)
+}
+
+fn ls(space: &Space, path: &str, long: bool) -> Result<i32> {
+    let entries = space.list(path)?;
+    let mut out = std::io::stdout().lock();
+    for (name, node) in entries {
+        let suffix = if node.kind == NodeKind::Dir { "/" } else { "" };
+        if long {
+            writeln!(
+                out,
+                "{} {:>3} {:>5} {:>5} {:>12} {} {} {name}{suffix}",
+                mode_string(&node),
+                node.nlink,
+                node.uid,
+                node.gid,
+                node.size,
+                time_string(node.mtime),
+                node.uuid,
+            )?;
+        } else {
+            writeln!(out, "{name}{suffix}")?;
+        }
+    }
+    Ok(0)
+}
+
+fn stat(space: &Space, target: &str) -> Result<i32> {
+    let (node, path) = space.resolve_target(target)?;
+    let kind = match node.kind {
+        NodeKind::File => "capsule",
+        NodeKind::Dir => "directory",
+        NodeKind::Symlink => "symlink",
+    };
+    println!("path:     {path}");
+    println!("id:       {}", node.uuid);
+    println!("kind:     {kind}");
+    println!("size:     {} ({})", node.size, human_bytes(node.size));
+    println!("mode:     {} ({:04o})", mode_string(&node), node.mode);
+    println!("owner:    uid {} gid {}", node.uid, node.gid);
+    println!("links:    {}", node.nlink);
+    println!("version:  {}", node.version);
+    println!("modified: {} UTC", time_string(node.mtime));
+    println!("changed:  {} UTC", time_string(node.ctime));
+    println!("accessed: {} UTC", time_string(node.atime));
+    if node.kind == NodeKind::File {
+        let extents = space
+            .store
+            .meta
+            .extents_from(node.ino, 0, usize::MAX >> 1)?;
+        println!("chunks:   {}", extents.len());
+    }
+    if let Some(t) = &node.target {
+        println!("target:   {}", String::from_utf8_lossy(t));
+    }
+    match &node.policy {
+        Some(_) => {
+            println!("policy:");
+            for line in space.policy_of(&node)?.to_yaml().lines() {
+                println!("  {line}");
+            }
+        }
+        None => println!("policy:   (none)"),
+    }
+    Ok(0)
+}
+
+fn fsck(space: &Space) -> Result<i32> {
+    let pb = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Some(indicatif::ProgressBar::new(0))
+    } else {
+        None
+    };
+    let report = space.fsck(&|done, total| {
+        if let Some(pb) = &pb {
+            pb.set_length(total);
+            pb.set_position(done);
+        }
+    })?;
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    for p in &report.meta_problems {
+        println!("DAMAGED metadata: {p}");
+    }
+    for (id, reason, users) in &report.bad_chunks {
+        println!("DAMAGED chunk {}: {reason}", id.to_hex());
+        for u in users {
+            println!("  used by {u}");
+        }
+    }
+    println!(
+        "checked {} chunks ({}); {} metadata problems, {} damaged chunks, {} orphan objects{}",
+        report.chunks_checked,
+        human_bytes(report.bytes_checked),
+        report.meta_problems.len(),
+        report.bad_chunks.len(),
+        report.orphan_objects,
+        if report.orphan_objects > 0 {
+            " (left by interrupted writes; `spacectl gc` removes them)"
+        } else {
+            ""
+        }
+    );
+    if report.damaged() {
+        println!("store is DAMAGED");
+        Ok(6)
+    } else {
+        println!("store is clean");
+        Ok(0)
+    }
+}
+
+fn stats(space: &Space) -> Result<i32> {
+    let s = space.store.meta.stats()?;
+    let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    println!("files:             {}", s.files);
+    println!("directories:       {}", s.directories);
+    println!(
+        "logical bytes:     {} ({})",
+        s.logical_bytes,
+        human_bytes(s.logical_bytes)
+    );
+    println!(
+        "unique bytes:      {} ({})",
+        s.unique_bytes,
+        human_bytes(s.unique_bytes)
+    );
+    println!(
+        "stored bytes:      {} ({})",
+        s.stored_bytes,
+        human_bytes(s.stored_bytes)
+    );
+    println!("chunks:            {}", s.chunks);
+    println!(
+        "unreferenced:      {} chunks (gc removes them)",
+        s.unreferenced_chunks
+    );
+    println!(
+        "dedup ratio:       {:.2}x",
+        ratio(s.referenced_bytes, s.unique_bytes)
+    );
+    println!(
+        "compression ratio: {:.2}x",
+        ratio(s.unique_bytes, s.stored_bytes)
+    );
+    println!(
+        "overall ratio:     {:.2}x",
+        ratio(s.logical_bytes, s.stored_bytes)
+    );
+    Ok(0)
+}

@@ -1,0 +1,184 @@
+//! `spacectl`: the management CLI. Parses arguments, opens the store, calls [`Space`], and
+//! turns errors into messages with context and stable exit codes (docs/CLI.md).
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::SpaceError;
+use crate::store::Unlock;
+
+#[derive(Parser, Debug)]
+#[command(name = "spacectl", version, about = "Manage a SPACE capsule store", long_about = None)]
+pub struct Cli {
+    /// The store directory.
+    #[arg(long, global = true, env = "SPACE_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// File holding the passphrase of a protected key (else SPACE_PASSPHRASE).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Key file to use instead of the store's own.
+    #[arg(long, global = true, env = "SPACE_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new store (in DIR, or --store).
+    Init {
+        dir: Option<PathBuf>,
+        /// Protect the master key with a passphrase (from --passphrase-file or SPACE_PASSPHRASE).
+        #[arg(long)]
+        encrypt_key: bool,
+    },
+    /// Store a file (or stdin with `-`) as a capsule; prints its UUID.
+    Put {
+        file: String,
+        /// Path in the store (default: /<file name>).
+        #[arg(long = "as", value_name = "PATH")]
+        dest: Option<String>,
+        /// Policy YAML for the capsule (default: existing capsule's, else the directory's).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Create missing parent directories.
+        #[arg(short, long)]
+        parents: bool,
+        /// Print only the UUID.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Write a capsule to stdout or a file, through its on-read transforms.
+    Get {
+        target: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The stored bytes, without on-read transforms.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List a directory.
+    Ls {
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: mode, owner, size, time, UUID.
+        #[arg(short, long)]
+        long: bool,
+    },
+    /// Show a capsule's or directory's metadata.
+    Stat { target: String },
+    /// Remove a capsule, symlink or empty directory (-r: a whole tree).
+    Rm {
+        path: String,
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Rename or move; refuses to replace an existing target unless --force.
+    Mv {
+        from: String,
+        to: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create a directory.
+    Mkdir {
+        path: String,
+        #[arg(short, long)]
+        parents: bool,
+        /// Policy that capsules created under this directory inherit.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Show, set or check policies.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyAction,
+    },
+    /// Verify metadata and every stored chunk; exits non-zero on damage.
+    Fsck,
+    /// Remove unreferenced chunks and leftovers of interrupted writes.
+    Gc,
+    /// Logical vs stored bytes, dedup and compression ratios.
+    Stats,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyAction {
+    /// Print the policy of a capsule or directory.
+    Show { target: String },
+    /// Attach a policy (YAML file, or - for stdin) to a capsule or directory.
+    Set {
+        path: String,
+        file: Option<PathBuf>,
+        /// Remove the policy instead (capsules fall back to defaults, directories stop passing one on).
+        #[arg(long, conflicts_with = "file")]
+        clear: bool,
+    },
+    /// Validate a policy file without a store.
+    Check { file: PathBuf },
+}
+
+impl Cli {
+    fn unlock(&self) -> anyhow::Result<Unlock> {
+        let passphrase = match &self.passphrase_file {
+            Some(f) => Some(
+                std::fs::read(f)
+                    .map_err(|e| anyhow::anyhow!("reading passphrase file {}: {e}", f.display()))?
+                    .trim_ascii_end()
+                    .to_vec(),
+            ),
+            None => std::env::var_os("SPACE_PASSPHRASE").map(|p| p.into_encoded_bytes()),
+        };
+        Ok(Unlock {
+            passphrase,
+            key_file: self.key_file.clone(),
+        })
+    }
+
+    fn store_dir(&self) -> anyhow::Result<PathBuf> {
+        self.store.clone().ok_or_else(|| {
+            anyhow::anyhow!(UsageError(
+                "no store given: pass --store DIR or set SPACE_STORE".into()
+            ))
+        })
+    }
+}
+
+/// A usage problem found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match commands::run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("spacectl: error: {e:#}");
+            exit_code(&e)
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if let Some(se) = e.downcast_ref::<SpaceError>() {
+        return se.exit_code();
+    }
+    if e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<crate::policy::PolicyError>().is_some()
+    {
+        return 2;
+    }
+    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::BrokenPipe {
+            return 141;
+        }
+    }
+    1
+}

@@ -1,0 +1,249 @@
+//! Putting capsules in and reading them out, with their policies' transform chains.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use super::Space;
+use crate::error::{Result, SpaceError};
+use crate::pipeline::chunk_codec::EncodeSettings;
+use crate::pipeline::read_path::{self, stream_chunks};
+use crate::pipeline::transform::{ChunkTransform, TransformReader};
+use crate::pipeline::{write_stream, CapsuleReader, WriteReport};
+use crate::policy::{Policy, TransformSpec};
+use crate::store::meta::{Content, NewNode, Node, NodeKind};
+use crate::store::LockMode;
+
+/// Options for [`Space::put`].
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Explicit policy; otherwise the existing capsule's, else the nearest directory's.
+    pub policy: Option<Policy>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Create missing parent directories.
+    pub parents: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutResult {
+    pub node: Node,
+    /// True if an existing capsule got a new version.
+    pub replaced: bool,
+    pub report: WriteReport,
+}
+
+/// Which bytes a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    /// The capsule's bytes after its on-read chain (what users normally see).
+    Transformed,
+    /// The stored bytes, without on-read transforms.
+    Raw,
+}
+
+/// Size of the pieces the write path hands to an on-write chain (the chain re-splits them to
+/// fit each module's limits).
+const TRANSFORM_PIECE: usize = 256 * 1024;
+
+impl Space {
+    /// Opens the chain for `specs`, or explains why it can't run.
+    pub fn open_chain(
+        &self,
+        specs: &[TransformSpec],
+        what: &str,
+    ) -> Result<Box<dyn ChunkTransform>> {
+        let f = self.transforms.as_ref().ok_or_else(|| {
+            SpaceError::Transform(format!(
+                "{what}: the policy has transforms but no WASM runtime is loaded"
+            ))
+        })?;
+        f.open_chain(specs)
+            .map_err(|e| SpaceError::Transform(format!("{what}: {e}")))
+    }
+
+    /// Stores `input` at `dest` atomically: the capsule is created, or gets a new version, in
+    /// one metadata transaction after every chunk is durable. A failure stores nothing.
+    pub fn put(
+        &self,
+        input: &mut dyn Read,
+        dest: &str,
+        opts: &PutOptions,
+        progress: &dyn Fn(u64),
+    ) -> Result<PutResult> {
+        if opts.parents {
+            let comps = super::components(dest);
+            if comps.len() > 1 {
+                self.mkdir(&comps[..comps.len() - 1].join("/"), true, None)?;
+            }
+        }
+        let (parent, name, inherited) = self.parent_of(dest)?;
+        let existing = self.store.meta.lookup(parent.ino, name.as_bytes())?;
+        if let Some(n) = &existing {
+            if n.kind == NodeKind::Dir {
+                return Err(SpaceError::IsADirectory(super::display_path(dest)));
+            }
+        }
+        let policy = match (&opts.policy, &existing) {
+            (Some(p), _) => p.clone(),
+            (None, Some(n)) => self.policy_of(n)?,
+            (None, None) => match &inherited {
+                Some(y) => Policy::from_yaml(y)?,
+                None => Policy::default(),
+            },
+        };
+        let what = format!("capsule {}", super::display_path(dest));
+        let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
+        let mut transformed;
+        let input: &mut dyn Read = if chain.is_empty() {
+            input
+        } else {
+            transformed =
+                TransformReader::new(input, self.open_chain(&chain, &what)?, TRANSFORM_PIECE);
+            &mut transformed
+        };
+        let _guard = self.store.lock(LockMode::Shared)?;
+        let (content, report) = write_stream(
+            &self.store,
+            input,
+            policy.chunking,
+            EncodeSettings::from(&policy),
+            progress,
+        )
+        .map_err(|e| match e {
+            SpaceError::Transform(m) => SpaceError::Transform(format!("{what}: {m}")),
+            other => other,
+        })?;
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let new = NewNode {
+            kind: NodeKind::File,
+            mode: opts.mode.unwrap_or(0o644),
+            uid: opts.uid.unwrap_or(uid),
+            gid: opts.gid.unwrap_or(gid),
+            policy: Some(policy.to_yaml()),
+            target: None,
+        };
+        let (mut node, replaced) =
+            self.store
+                .meta
+                .put_capsule(parent.ino, name.as_bytes(), new, &content)?;
+        if replaced && opts.policy.is_some() {
+            node = self
+                .store
+                .meta
+                .set_policy(node.ino, Some(&policy.to_yaml()))?;
+        }
+        Ok(PutResult {
+            node,
+            replaced,
+            report,
+        })
+    }
+
+    /// Replaces the content of an existing file node from `input` (the FUSE write-back path).
+    pub fn write_content(
+        &self,
+        node: &Node,
+        input: &mut dyn Read,
+        expect_version: Option<u64>,
+    ) -> Result<(Node, WriteReport)> {
+        let policy = self.policy_of(node)?;
+        let what = self.describe(node);
+        let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
+        let mut transformed;
+        let input: &mut dyn Read = if chain.is_empty() {
+            input
+        } else {
+            transformed =
+                TransformReader::new(input, self.open_chain(&chain, &what)?, TRANSFORM_PIECE);
+            &mut transformed
+        };
+        let _guard = self.store.lock(LockMode::Shared)?;
+        let (content, report) = write_stream(
+            &self.store,
+            input,
+            policy.chunking,
+            EncodeSettings::from(&policy),
+            &|_| {},
+        )?;
+        let node = self
+            .store
+            .meta
+            .commit_content(node.ino, &content, expect_version)?;
+        Ok((node, report))
+    }
+
+    /// Truncates to zero length (cheap: no chunk is read).
+    pub fn clear_content(&self, node: &Node) -> Result<Node> {
+        self.store
+            .meta
+            .commit_content(node.ino, &Content::default(), None)
+    }
+
+    /// Random access to a capsule's stored bytes.
+    pub fn reader(&self, node: &Node) -> CapsuleReader {
+        CapsuleReader::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.cache),
+            node,
+            self.describe(node),
+        )
+    }
+
+    /// Streams a capsule to `out`, through its on-read chain unless `view` is Raw.
+    pub fn read_to(
+        &self,
+        node: &Node,
+        view: View,
+        out: &mut dyn Write,
+        progress: &dyn Fn(u64),
+    ) -> Result<u64> {
+        if node.kind != NodeKind::File {
+            return Err(SpaceError::IsADirectory(self.describe(node)));
+        }
+        let what = self.describe(node);
+        let policy = self.policy_of(node)?;
+        let chain: Vec<TransformSpec> = policy.on_read().cloned().collect();
+        let io_err = |e: std::io::Error| SpaceError::io("writing output", e);
+        let mut read = 0u64;
+        let mut written = 0u64;
+        if view == View::Raw || chain.is_empty() {
+            stream_chunks(&self.store, node, &what, &mut |d| {
+                out.write_all(d).map_err(io_err)?;
+                read += d.len() as u64;
+                progress(read);
+                Ok(())
+            })?;
+            return Ok(read);
+        }
+        let mut t = self.open_chain(&chain, &what)?;
+        let mut buf = Vec::new();
+        let fail =
+            |e: crate::pipeline::TransformError| SpaceError::Transform(format!("{what}: {e}"));
+        stream_chunks(&self.store, node, &what, &mut |d| {
+            buf.clear();
+            t.process(d, &mut buf).map_err(fail)?;
+            out.write_all(&buf).map_err(io_err)?;
+            written += buf.len() as u64;
+            read += d.len() as u64;
+            progress(read);
+            Ok(())
+        })?;
+        buf.clear();
+        t.finish(&mut buf).map_err(fail)?;
+        out.write_all(&buf).map_err(io_err)?;
+        written += buf.len() as u64;
+        Ok(written)
+    }
+
+    /// Reads a whole (small) capsule into memory, e.g. a WASM module image.
+    pub fn read_all(&self, node: &Node, view: View) -> Result<Vec<u8>> {
+        let mut v = Vec::with_capacity(node.size as usize);
+        self.read_to(node, view, &mut v, &|_| {})?;
+        Ok(v)
+    }
+
+    pub fn describe_chunk_error(&self, node: &Node) -> String {
+        read_path::describe(node, &self.describe(node))
+    }
+}

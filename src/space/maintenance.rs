@@ -1,0 +1,135 @@
+//! fsck (is every byte still what was written?) and gc (drop what nothing references).
+
+use std::collections::HashSet;
+
+use super::Space;
+use crate::error::{Result, SpaceError};
+use crate::pipeline::read_path::load_chunk;
+use crate::store::meta::MetaProblem;
+use crate::store::{ChunkId, LockMode};
+
+/// What fsck found. `damaged()` is what makes `spacectl fsck` exit non-zero.
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub meta_problems: Vec<MetaProblem>,
+    /// Chunks that are missing or fail authentication/verification, with the capsules hit.
+    pub bad_chunks: Vec<(ChunkId, String, Vec<String>)>,
+    /// Objects no metadata references (left by interrupted writes; gc removes them).
+    pub orphan_objects: u64,
+}
+
+impl FsckReport {
+    pub fn damaged(&self) -> bool {
+        !self.meta_problems.is_empty() || !self.bad_chunks.is_empty()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcReport {
+    pub chunks_removed: u64,
+    pub bytes_freed: u64,
+    pub orphans_removed: u64,
+    pub temporaries_removed: u64,
+}
+
+impl Space {
+    /// Verifies metadata consistency and every live chunk (fetch, authenticate, decrypt,
+    /// decompress, recompute id). `progress` gets (chunks done, chunks total).
+    pub fn fsck(&self, progress: &dyn Fn(u64, u64)) -> Result<FsckReport> {
+        let _guard = self.store.lock(LockMode::Shared)?;
+        let mut report = FsckReport {
+            meta_problems: self.store.meta.check()?,
+            ..Default::default()
+        };
+        let rows = self.store.meta.chunk_rows()?;
+        let known: HashSet<ChunkId> = rows.iter().map(|r| r.id).collect();
+        let total = rows.iter().filter(|r| r.refcount > 0).count() as u64;
+        for row in rows.iter().filter(|r| r.refcount > 0) {
+            match load_chunk(&self.store, &row.id, &|| "fsck".into()) {
+                Ok(plain) => {
+                    report.bytes_checked += plain.len() as u64;
+                    if plain.len() as u64 != row.plain_len {
+                        report.bad_chunks.push((
+                            row.id,
+                            "length differs from metadata".into(),
+                            self.referrer_names(&row.id),
+                        ));
+                    }
+                }
+                Err(SpaceError::Integrity { reason, .. }) => {
+                    report
+                        .bad_chunks
+                        .push((row.id, reason, self.referrer_names(&row.id)));
+                }
+                Err(e) => return Err(e),
+            }
+            report.chunks_checked += 1;
+            progress(report.chunks_checked, total);
+        }
+        let objects = self
+            .store
+            .chunks
+            .list()
+            .map_err(|e| SpaceError::io("listing chunk objects", e))?;
+        report.orphan_objects = objects.iter().filter(|id| !known.contains(id)).count() as u64;
+        Ok(report)
+    }
+
+    /// "capsule /path (uuid) at offset N" for each use of a chunk.
+    fn referrer_names(&self, id: &ChunkId) -> Vec<String> {
+        let refs = self.store.meta.referrers(id).unwrap_or_default();
+        refs.into_iter()
+            .map(|(ino, off)| match self.store.meta.get(ino).ok().flatten() {
+                Some(n) => format!("{} at offset {off}", self.describe(&n)),
+                None => format!("inode {ino} at offset {off}"),
+            })
+            .collect()
+    }
+
+    /// Removes unreferenced chunks, orphan objects and temporaries. Holds the store lock
+    /// exclusively, so no write in flight can lose an object it is about to reference.
+    pub fn gc(&self) -> Result<GcReport> {
+        let _guard = self.store.lock(LockMode::Exclusive)?;
+        let mut report = GcReport {
+            temporaries_removed: self
+                .store
+                .chunks
+                .clean_temporaries()
+                .map_err(|e| SpaceError::io("removing temporary files", e))?
+                as u64,
+            ..Default::default()
+        };
+        let rows = self.store.meta.chunk_rows()?;
+        let mut live = HashSet::new();
+        for row in rows {
+            // Row first, then object: a crash in between leaves only an orphan object.
+            if row.refcount <= 0 && self.store.meta.delete_unreferenced_chunk(&row.id)? {
+                self.store
+                    .chunks
+                    .delete(&row.id)
+                    .map_err(|e| SpaceError::io(format!("deleting chunk {}", row.id), e))?;
+                report.chunks_removed += 1;
+                report.bytes_freed += row.stored_len;
+            } else {
+                live.insert(row.id);
+            }
+        }
+        for id in self
+            .store
+            .chunks
+            .list()
+            .map_err(|e| SpaceError::io("listing chunk objects", e))?
+        {
+            if !live.contains(&id) {
+                self.store
+                    .chunks
+                    .delete(&id)
+                    .map_err(|e| SpaceError::io(format!("deleting orphan {id}"), e))?;
+                report.orphans_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,72 @@
+//! A failure-injecting decorator over any chunk backend, so "disk full", "torn write" and
+//! "tampered chunk" are tested on purpose rather than hoped for.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::backend::ChunkBackend;
+use super::ChunkId;
+
+pub struct FaultyBackend {
+    inner: Arc<dyn ChunkBackend>,
+    /// Puts fail with ENOSPC once this many bytes have been written (u64::MAX = never).
+    pub space_left: AtomicU64,
+    /// Every get flips bit 0 of byte `flip_at` when set (u64::MAX = never).
+    pub flip_at: AtomicU64,
+}
+
+impl FaultyBackend {
+    pub fn new(inner: Arc<dyn ChunkBackend>) -> FaultyBackend {
+        FaultyBackend {
+            inner,
+            space_left: AtomicU64::new(u64::MAX),
+            flip_at: AtomicU64::new(u64::MAX),
+        }
+    }
+}
+
+impl ChunkBackend for FaultyBackend {
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+        let n = bytes.len() as u64;
+        let ok = self
+            .space_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                if left == u64::MAX {
+                    Some(left)
+                } else {
+                    left.checked_sub(n)
+                }
+            })
+            .is_ok();
+        if !ok {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        self.inner.put(id, bytes)
+    }
+
+    fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
+        let mut b = self.inner.get(id)?;
+        let at = self.flip_at.load(Ordering::SeqCst);
+        if at != u64::MAX && (at as usize) < b.len() {
+            b[at as usize] ^= 1;
+        }
+        Ok(b)
+    }
+
+    fn delete(&self, id: &ChunkId) -> io::Result<()> {
+        self.inner.delete(id)
+    }
+    fn exists(&self, id: &ChunkId) -> io::Result<bool> {
+        self.inner.exists(id)
+    }
+    fn list(&self) -> io::Result<Vec<ChunkId>> {
+        self.inner.list()
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn clean_temporaries(&self) -> io::Result<usize> {
+        self.inner.clean_temporaries()
+    }
+}

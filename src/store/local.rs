@@ -1,0 +1,139 @@
+//! The local-directory chunk backend: `objects/<2 hex>/<64 hex>`, written via a temporary file,
+//! fsync, rename; directories fsynced in `sync()` (once per touched fan-out directory).
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::backend::ChunkBackend;
+use super::ChunkId;
+
+pub struct LocalBackend {
+    root: PathBuf,
+    tmp: PathBuf,
+    /// Fan-out directories that gained entries since the last `sync`.
+    dirty_dirs: Mutex<HashSet<u8>>,
+    seq: AtomicU64,
+}
+
+impl LocalBackend {
+    /// Opens (creating if needed) an object tree at `root`.
+    pub fn open(root: &Path) -> io::Result<LocalBackend> {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        Ok(LocalBackend {
+            root: root.to_path_buf(),
+            tmp,
+            dirty_dirs: Mutex::new(HashSet::new()),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    fn dir_of(&self, id: &ChunkId) -> PathBuf {
+        self.root.join(format!("{:02x}", id.0[0]))
+    }
+
+    /// Path of an object (exposed for tests that tamper with stored bytes).
+    pub fn object_path(&self, id: &ChunkId) -> PathBuf {
+        self.dir_of(id).join(id.to_hex())
+    }
+}
+
+fn fsync_dir(p: &Path) -> io::Result<()> {
+    File::open(p)?.sync_all()
+}
+
+impl ChunkBackend for LocalBackend {
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.dir_of(id);
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}.{}", id.to_hex(), std::process::id(), n));
+        let result = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_data()?;
+            drop(f);
+            match fs::rename(&tmp, dir.join(id.to_hex())) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)?;
+                    fsync_dir(&self.root)?;
+                    fs::rename(&tmp, dir.join(id.to_hex()))
+                }
+                other => other,
+            }
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result?;
+        self.dirty_dirs.lock().unwrap().insert(id.0[0]);
+        Ok(())
+    }
+
+    fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
+        fs::read(self.object_path(id))
+    }
+
+    fn delete(&self, id: &ChunkId) -> io::Result<()> {
+        match fs::remove_file(self.object_path(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn exists(&self, id: &ChunkId) -> io::Result<bool> {
+        Ok(self.object_path(id).exists())
+    }
+
+    fn list(&self) -> io::Result<Vec<ChunkId>> {
+        let mut out = Vec::new();
+        for d in fs::read_dir(&self.root)? {
+            let d = d?;
+            let name = d.file_name();
+            let name = name.to_string_lossy();
+            if name.len() != 2 || !d.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(d.path())? {
+                let f = f?;
+                if let Some(id) = ChunkId::from_hex(&f.file_name().to_string_lossy()) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let dirs: Vec<u8> = self.dirty_dirs.lock().unwrap().drain().collect();
+        for d in dirs {
+            fsync_dir(&self.root.join(format!("{d:02x}")))?;
+        }
+        Ok(())
+    }
+
+    fn clean_temporaries(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for f in fs::read_dir(&self.tmp)? {
+            fs::remove_file(f?.path())?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn free_space(&self) -> Option<(u64, u64)> {
+        let c = std::ffi::CString::new(self.root.as_os_str().as_encoded_bytes()).ok()?;
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid NUL-terminated path and s a properly sized out-parameter.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+            return None;
+        }
+        let frsize = s.f_frsize as u64;
+        Some((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
+    }
+}

@@ -1,0 +1,264 @@
+//! The metadata engine interface: namespace (nodes and directory entries), capsule content (the
+//! ordered chunk list), chunk reference counts and extended attributes.
+//!
+//! A trait so a server database can replace the embedded SQLite engine later. Every method is
+//! one transaction: callers never see half of an operation.
+
+use uuid::Uuid;
+
+use super::ChunkId;
+use crate::error::Result;
+
+/// Inode number: stable for the life of a node; 1 is the root directory.
+pub type Ino = u64;
+pub const ROOT_INO: Ino = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+}
+
+impl NodeKind {
+    pub fn from_i64(v: i64) -> Option<NodeKind> {
+        match v {
+            1 => Some(NodeKind::File),
+            2 => Some(NodeKind::Dir),
+            3 => Some(NodeKind::Symlink),
+            _ => None,
+        }
+    }
+}
+
+/// Time as nanoseconds since the Unix epoch.
+pub type TimeNs = i64;
+
+pub fn now_ns() -> TimeNs {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_nanos() as i64
+}
+
+/// A file (capsule), directory or symlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub ino: Ino,
+    pub uuid: Uuid,
+    pub kind: NodeKind,
+    /// Permission bits (and setuid/setgid/sticky), without the file-type bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Logical size of the stored bytes (before on-read transforms).
+    pub size: u64,
+    pub atime: TimeNs,
+    pub mtime: TimeNs,
+    pub ctime: TimeNs,
+    pub nlink: u32,
+    /// Content version: bumped by every committed write.
+    pub version: u64,
+    /// Canonical policy YAML; for directories, what new children inherit.
+    pub policy: Option<String>,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+}
+
+/// What a new node starts with.
+#[derive(Debug, Clone)]
+pub struct NewNode {
+    pub kind: NodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub policy: Option<String>,
+    pub target: Option<Vec<u8>>,
+}
+
+/// One entry of a capsule's chunk list: bytes `[offset, offset+len)` come from `chunk`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u32,
+    pub chunk: ChunkId,
+}
+
+/// A chunk referenced by new content, with its object's size (0 if it already existed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentChunk {
+    pub extent: Extent,
+    pub stored_len: u32,
+}
+
+/// A capsule's complete new content.
+#[derive(Debug, Clone, Default)]
+pub struct Content {
+    pub chunks: Vec<ContentChunk>,
+    pub size: u64,
+}
+
+/// Attribute changes (`None` = unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<TimeNs>,
+    pub mtime: Option<TimeNs>,
+}
+
+/// A row of the chunk table.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkRow {
+    pub id: ChunkId,
+    pub refcount: i64,
+    pub plain_len: u64,
+    pub stored_len: u64,
+}
+
+/// Aggregate figures for `spacectl stats` and `/.space/stats`.
+#[derive(Debug, Clone, Default)]
+pub struct MetaStats {
+    pub files: u64,
+    pub directories: u64,
+    /// Sum of capsule sizes.
+    pub logical_bytes: u64,
+    /// Sum over all extents (what would be stored without dedup).
+    pub referenced_bytes: u64,
+    /// Plaintext bytes of distinct live chunks.
+    pub unique_bytes: u64,
+    /// Object bytes of distinct live chunks (after compression and encryption overhead).
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    /// Chunks with no references left (gc removes them).
+    pub unreferenced_chunks: u64,
+}
+
+/// A metadata inconsistency found by `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaProblem {
+    RefcountMismatch {
+        chunk: ChunkId,
+        recorded: i64,
+        actual: i64,
+    },
+    MissingChunkRow {
+        ino: Ino,
+        offset: u64,
+        chunk: ChunkId,
+    },
+    ExtentGap {
+        ino: Ino,
+        expected_offset: u64,
+        found_offset: u64,
+    },
+    SizeMismatch {
+        ino: Ino,
+        size: u64,
+        extents_end: u64,
+    },
+    DanglingEntry {
+        parent: Ino,
+        name: String,
+    },
+    LinkCountMismatch {
+        ino: Ino,
+        recorded: u32,
+        actual: u32,
+    },
+    Unreachable {
+        ino: Ino,
+    },
+}
+
+impl std::fmt::Display for MetaProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaProblem::RefcountMismatch { chunk, recorded, actual } => {
+                write!(f, "chunk {chunk}: refcount {recorded} recorded, {actual} references")
+            }
+            MetaProblem::MissingChunkRow { ino, offset, chunk } => {
+                write!(f, "inode {ino} offset {offset}: references unknown chunk {chunk}")
+            }
+            MetaProblem::ExtentGap { ino, expected_offset, found_offset } => write!(
+                f,
+                "inode {ino}: chunk list has a gap or overlap (expected offset {expected_offset}, found {found_offset})"
+            ),
+            MetaProblem::SizeMismatch { ino, size, extents_end } => {
+                write!(f, "inode {ino}: size {size} but chunks cover {extents_end} bytes")
+            }
+            MetaProblem::DanglingEntry { parent, name } => {
+                write!(f, "directory {parent}: entry `{name}` points to a missing node")
+            }
+            MetaProblem::LinkCountMismatch { ino, recorded, actual } => {
+                write!(f, "inode {ino}: link count {recorded} recorded, {actual} entries")
+            }
+            MetaProblem::Unreachable { ino } => write!(f, "inode {ino}: no directory entry reaches it"),
+        }
+    }
+}
+
+/// The metadata engine.
+pub trait MetaStore: Send + Sync {
+    fn get(&self, ino: Ino) -> Result<Option<Node>>;
+    fn get_by_uuid(&self, uuid: Uuid) -> Result<Option<Node>>;
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Node>>;
+    /// Directory entries in name order (`.`/`..` not included).
+    fn list(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Node)>>;
+    /// One name of a node (for messages and `stat`): its path from the root, if reachable.
+    fn path_of(&self, ino: Ino) -> Result<Option<Vec<u8>>>;
+
+    /// Creates an empty node; fails with AlreadyExists if the name is taken.
+    fn create(&self, parent: Ino, name: &[u8], new: NewNode) -> Result<Node>;
+    /// Atomically creates `name` with `content`, or replaces the content of the existing file
+    /// there (a new version, same identity). Returns the node and whether it existed.
+    fn put_capsule(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new: NewNode,
+        content: &Content,
+    ) -> Result<(Node, bool)>;
+    /// Atomically replaces a file's content. `expect_version` guards against lost updates.
+    fn commit_content(
+        &self,
+        ino: Ino,
+        content: &Content,
+        expect_version: Option<u64>,
+    ) -> Result<Node>;
+    /// Removes a name (file or symlink). Content is released when the last link goes.
+    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()>;
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()>;
+    /// POSIX rename: replaces a compatible target atomically unless `no_replace`.
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        no_replace: bool,
+    ) -> Result<()>;
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Node>;
+    fn set_attr(&self, ino: Ino, attr: &SetAttr) -> Result<Node>;
+    fn set_policy(&self, ino: Ino, policy: Option<&str>) -> Result<Node>;
+
+    /// Up to `limit` extents starting with the one containing `offset`, in order.
+    fn extents_from(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<Extent>>;
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
+
+    fn get_xattr(&self, ino: Ino, name: &str) -> Result<Option<Vec<u8>>>;
+    fn set_xattr(&self, ino: Ino, name: &str, value: &[u8]) -> Result<()>;
+    fn list_xattr(&self, ino: Ino) -> Result<Vec<String>>;
+    fn remove_xattr(&self, ino: Ino, name: &str) -> Result<bool>;
+
+    fn stats(&self) -> Result<MetaStats>;
+    /// All chunk rows (gc, fsck).
+    fn chunk_rows(&self) -> Result<Vec<ChunkRow>>;
+    /// Every (ino, extent) referencing `chunk` (to name damaged capsules).
+    fn referrers(&self, chunk: &ChunkId) -> Result<Vec<(Ino, u64)>>;
+    /// Deletes the row of a chunk only if it is still unreferenced; true if deleted.
+    fn delete_unreferenced_chunk(&self, id: &ChunkId) -> Result<bool>;
+    /// Structural consistency check (fsck's metadata half).
+    fn check(&self) -> Result<Vec<MetaProblem>>;
+}

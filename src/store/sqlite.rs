@@ -1,0 +1,898 @@
+//! The embedded metadata engine: SQLite in WAL mode with `synchronous=FULL`, so a commit that
+//! returned survives power loss. Schema in docs/FORMAT.md ("Metadata").
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use uuid::Uuid;
+
+use super::meta::*;
+use super::ChunkId;
+use crate::error::{Result, SpaceError};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    ino INTEGER PRIMARY KEY,
+    uuid BLOB NOT NULL UNIQUE,
+    kind INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0,
+    policy TEXT,
+    target BLOB
+);
+CREATE TABLE IF NOT EXISTS dentries (
+    parent INTEGER NOT NULL,
+    name BLOB NOT NULL,
+    ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS extents (
+    ino INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    chunk BLOB NOT NULL,
+    PRIMARY KEY (ino, offset)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS extents_by_chunk ON extents(chunk);
+CREATE TABLE IF NOT EXISTS chunks (
+    id BLOB PRIMARY KEY,
+    refcount INTEGER NOT NULL,
+    plain_len INTEGER NOT NULL,
+    stored_len INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xattrs (
+    ino INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (ino, name)
+) WITHOUT ROWID;
+"#;
+
+const NODE_COLS: &str =
+    "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target";
+
+pub struct SqliteMeta {
+    conn: Mutex<Connection>,
+}
+
+fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
+    let uuid: Vec<u8> = r.get(1)?;
+    Ok(Node {
+        ino: r.get::<_, i64>(0)? as u64,
+        uuid: Uuid::from_slice(&uuid).unwrap_or_default(),
+        kind: NodeKind::from_i64(r.get(2)?).unwrap_or(NodeKind::File),
+        mode: r.get::<_, i64>(3)? as u32,
+        uid: r.get::<_, i64>(4)? as u32,
+        gid: r.get::<_, i64>(5)? as u32,
+        size: r.get::<_, i64>(6)? as u64,
+        atime: r.get(7)?,
+        mtime: r.get(8)?,
+        ctime: r.get(9)?,
+        nlink: r.get::<_, i64>(10)? as u32,
+        version: r.get::<_, i64>(11)? as u64,
+        policy: r.get(12)?,
+        target: r.get(13)?,
+    })
+}
+
+fn chunk_id_from(v: Vec<u8>) -> ChunkId {
+    let mut a = [0u8; 32];
+    if v.len() == 32 {
+        a.copy_from_slice(&v);
+    }
+    ChunkId(a)
+}
+
+fn display_name(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+impl SqliteMeta {
+    /// Opens or creates the database, creating the root directory on first use.
+    pub fn open(path: &Path, root_uid: u32, root_gid: u32) -> Result<SqliteMeta> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        conn.execute_batch(SCHEMA)?;
+        let m = SqliteMeta {
+            conn: Mutex::new(conn),
+        };
+        m.write(|tx| {
+            let v: Option<String> = tx
+                .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+                .optional()?;
+            match v {
+                None => {
+                    tx.execute("INSERT INTO meta VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
+                    let t = now_ns();
+                    tx.execute(
+                        &format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, 2, 493, ?3, ?4, 0, ?5, ?5, ?5, 2, 0, NULL, NULL)"),
+                        params![ROOT_INO as i64, Uuid::new_v4().as_bytes().to_vec(), root_uid, root_gid, t],
+                    )?;
+                }
+                Some(v) if v == SCHEMA_VERSION.to_string() => {}
+                Some(v) => {
+                    return Err(SpaceError::BadStore {
+                        path: path.to_path_buf(),
+                        reason: format!("metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"),
+                    })
+                }
+            }
+            Ok(())
+        })?;
+        Ok(m)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&c)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so concurrent
+    /// processes queue on busy_timeout instead of failing mid-transaction).
+    fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn get_node(c: &Connection, ino: Ino) -> Result<Option<Node>> {
+    Ok(c.query_row(
+        &format!("SELECT {NODE_COLS} FROM nodes WHERE ino=?1"),
+        [ino as i64],
+        node_from_row,
+    )
+    .optional()?)
+}
+
+fn must_node(c: &Connection, ino: Ino) -> Result<Node> {
+    get_node(c, ino)?.ok_or_else(|| SpaceError::NotFound(format!("inode {ino}")))
+}
+
+fn lookup(c: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Node>> {
+    Ok(c.query_row(
+        &format!("SELECT {NODE_COLS} FROM nodes WHERE ino=(SELECT ino FROM dentries WHERE parent=?1 AND name=?2)"),
+        params![parent as i64, name],
+        node_from_row,
+    )
+    .optional()?)
+}
+
+fn dir_node(c: &Connection, ino: Ino) -> Result<Node> {
+    let n = must_node(c, ino)?;
+    if n.kind != NodeKind::Dir {
+        return Err(SpaceError::NotADirectory(format!("inode {ino}")));
+    }
+    Ok(n)
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.is_empty()
+        || name == b"."
+        || name == b".."
+        || name.contains(&b'/')
+        || name.contains(&0)
+        || name.len() > 255
+    {
+        return Err(SpaceError::InvalidArgument(format!(
+            "invalid file name `{}`",
+            display_name(name)
+        )));
+    }
+    Ok(())
+}
+
+fn touch_dir(tx: &Transaction, dir: Ino, t: TimeNs) -> Result<()> {
+    tx.execute(
+        "UPDATE nodes SET mtime_ns=?2, ctime_ns=?2 WHERE ino=?1",
+        params![dir as i64, t],
+    )?;
+    Ok(())
+}
+
+fn insert_node(tx: &Transaction, new: &NewNode, t: TimeNs) -> Result<Ino> {
+    let nlink = if new.kind == NodeKind::Dir { 2 } else { 1 };
+    tx.execute(
+        "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10)",
+        params![
+            Uuid::new_v4().as_bytes().to_vec(),
+            new.kind as i64,
+            new.mode & 0o7777,
+            new.uid,
+            new.gid,
+            new.target.as_ref().map(|t| t.len() as i64).unwrap_or(0),
+            t,
+            nlink,
+            new.policy,
+            new.target
+        ],
+    )?;
+    Ok(tx.last_insert_rowid() as u64)
+}
+
+/// Drops a node's chunk references (its content is going away or being replaced).
+fn release_extents(tx: &Transaction, ino: Ino) -> Result<()> {
+    tx.execute(
+        "UPDATE chunks SET refcount = refcount - (SELECT COUNT(*) FROM extents e WHERE e.ino=?1 AND e.chunk=chunks.id)
+         WHERE id IN (SELECT chunk FROM extents WHERE ino=?1)",
+        [ino as i64],
+    )?;
+    tx.execute("DELETE FROM extents WHERE ino=?1", [ino as i64])?;
+    Ok(())
+}
+
+fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO extents (ino, offset, length, chunk) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut up = tx.prepare_cached(
+        "INSERT INTO chunks (id, refcount, plain_len, stored_len) VALUES (?1, 1, ?2, ?3)
+         ON CONFLICT(id) DO UPDATE SET refcount = refcount + 1",
+    )?;
+    let mut expect = 0u64;
+    for c in &content.chunks {
+        let e = &c.extent;
+        if e.offset != expect {
+            return Err(SpaceError::InvalidArgument(format!(
+                "content chunk list is not contiguous at offset {}",
+                e.offset
+            )));
+        }
+        expect += e.len as u64;
+        ins.execute(params![
+            ino as i64,
+            e.offset as i64,
+            e.len as i64,
+            e.chunk.0.to_vec()
+        ])?;
+        let n = up.execute(params![
+            e.chunk.0.to_vec(),
+            e.len as i64,
+            c.stored_len as i64
+        ])?;
+        debug_assert_eq!(n, 1);
+    }
+    if expect != content.size {
+        return Err(SpaceError::InvalidArgument(format!(
+            "content chunks cover {expect} bytes but size is {}",
+            content.size
+        )));
+    }
+    Ok(())
+}
+
+fn set_content(tx: &Transaction, ino: Ino, content: &Content, t: TimeNs) -> Result<()> {
+    release_extents(tx, ino)?;
+    add_extents(tx, ino, content)?;
+    tx.execute(
+        "UPDATE nodes SET size=?2, version=version+1, mtime_ns=?3, ctime_ns=?3 WHERE ino=?1",
+        params![ino as i64, content.size as i64, t],
+    )?;
+    Ok(())
+}
+
+/// Removes a node entirely (last link gone).
+fn destroy_node(tx: &Transaction, ino: Ino) -> Result<()> {
+    release_extents(tx, ino)?;
+    tx.execute("DELETE FROM xattrs WHERE ino=?1", [ino as i64])?;
+    tx.execute("DELETE FROM nodes WHERE ino=?1", [ino as i64])?;
+    Ok(())
+}
+
+/// Drops one link to a non-directory node.
+fn drop_link(tx: &Transaction, node: &Node, t: TimeNs) -> Result<()> {
+    if node.nlink <= 1 {
+        destroy_node(tx, node.ino)
+    } else {
+        tx.execute(
+            "UPDATE nodes SET nlink=nlink-1, ctime_ns=?2 WHERE ino=?1",
+            params![node.ino as i64, t],
+        )?;
+        Ok(())
+    }
+}
+
+fn is_empty_dir(c: &Connection, ino: Ino) -> Result<bool> {
+    let n: i64 = c.query_row(
+        "SELECT COUNT(*) FROM dentries WHERE parent=?1",
+        [ino as i64],
+        |r| r.get(0),
+    )?;
+    Ok(n == 0)
+}
+
+/// True if `ancestor` is `ino` or one of its ancestors (to refuse moving a dir into itself).
+fn is_ancestor(c: &Connection, ancestor: Ino, mut ino: Ino) -> Result<bool> {
+    loop {
+        if ino == ancestor {
+            return Ok(true);
+        }
+        if ino == ROOT_INO {
+            return Ok(false);
+        }
+        let p: Option<i64> = c
+            .query_row(
+                "SELECT parent FROM dentries WHERE ino=?1 LIMIT 1",
+                [ino as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match p {
+            Some(p) => ino = p as u64,
+            None => return Ok(false),
+        }
+    }
+}
+
+impl MetaStore for SqliteMeta {
+    fn get(&self, ino: Ino) -> Result<Option<Node>> {
+        self.read(|c| get_node(c, ino))
+    }
+
+    fn get_by_uuid(&self, uuid: Uuid) -> Result<Option<Node>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                &format!("SELECT {NODE_COLS} FROM nodes WHERE uuid=?1"),
+                [uuid.as_bytes().to_vec()],
+                node_from_row,
+            )
+            .optional()?)
+        })
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Node>> {
+        self.read(|c| lookup(c, parent, name))
+    }
+
+    fn list(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Node)>> {
+        self.read(|c| {
+            dir_node(c, dir)?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT d.name, {} FROM dentries d JOIN nodes n ON n.ino=d.ino WHERE d.parent=?1 ORDER BY d.name",
+                NODE_COLS.split(", ").map(|col| format!("n.{col}")).collect::<Vec<_>>().join(", ")
+            ))?;
+            let rows = st.query_map([dir as i64], |r| {
+                let name: Vec<u8> = r.get(0)?;
+                // Shift columns by one: node_from_row expects ino at index 0.
+                let uuid: Vec<u8> = r.get(2)?;
+                Ok((
+                    name,
+                    Node {
+                        ino: r.get::<_, i64>(1)? as u64,
+                        uuid: Uuid::from_slice(&uuid).unwrap_or_default(),
+                        kind: NodeKind::from_i64(r.get(3)?).unwrap_or(NodeKind::File),
+                        mode: r.get::<_, i64>(4)? as u32,
+                        uid: r.get::<_, i64>(5)? as u32,
+                        gid: r.get::<_, i64>(6)? as u32,
+                        size: r.get::<_, i64>(7)? as u64,
+                        atime: r.get(8)?,
+                        mtime: r.get(9)?,
+                        ctime: r.get(10)?,
+                        nlink: r.get::<_, i64>(11)? as u32,
+                        version: r.get::<_, i64>(12)? as u64,
+                        policy: r.get(13)?,
+                        target: r.get(14)?,
+                    },
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn path_of(&self, ino: Ino) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            let mut parts: Vec<Vec<u8>> = Vec::new();
+            let mut cur = ino;
+            while cur != ROOT_INO {
+                let r: Option<(i64, Vec<u8>)> = c
+                    .query_row(
+                        "SELECT parent, name FROM dentries WHERE ino=?1 LIMIT 1",
+                        [cur as i64],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                match r {
+                    Some((p, n)) => {
+                        parts.push(n);
+                        cur = p as u64;
+                    }
+                    None => return Ok(None),
+                }
+                if parts.len() > 4096 {
+                    return Ok(None);
+                }
+            }
+            let mut out = Vec::new();
+            for p in parts.iter().rev() {
+                out.push(b'/');
+                out.extend_from_slice(p);
+            }
+            if out.is_empty() {
+                out.push(b'/');
+            }
+            Ok(Some(out))
+        })
+    }
+
+    fn create(&self, parent: Ino, name: &[u8], new: NewNode) -> Result<Node> {
+        check_name(name)?;
+        self.write(|tx| {
+            dir_node(tx, parent)?;
+            if lookup(tx, parent, name)?.is_some() {
+                return Err(SpaceError::AlreadyExists(display_name(name)));
+            }
+            let t = now_ns();
+            let ino = insert_node(tx, &new, t)?;
+            tx.execute(
+                "INSERT INTO dentries VALUES (?1, ?2, ?3)",
+                params![parent as i64, name, ino as i64],
+            )?;
+            if new.kind == NodeKind::Dir {
+                tx.execute(
+                    "UPDATE nodes SET nlink=nlink+1 WHERE ino=?1",
+                    [parent as i64],
+                )?;
+            }
+            touch_dir(tx, parent, t)?;
+            must_node(tx, ino)
+        })
+    }
+
+    fn put_capsule(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new: NewNode,
+        content: &Content,
+    ) -> Result<(Node, bool)> {
+        check_name(name)?;
+        self.write(|tx| {
+            dir_node(tx, parent)?;
+            let t = now_ns();
+            match lookup(tx, parent, name)? {
+                Some(n) if n.kind == NodeKind::File => {
+                    set_content(tx, n.ino, content, t)?;
+                    Ok((must_node(tx, n.ino)?, true))
+                }
+                Some(n) if n.kind == NodeKind::Dir => {
+                    Err(SpaceError::IsADirectory(display_name(name)))
+                }
+                Some(_) => Err(SpaceError::AlreadyExists(format!(
+                    "{} (not a regular file)",
+                    display_name(name)
+                ))),
+                None => {
+                    let ino = insert_node(tx, &new, t)?;
+                    tx.execute(
+                        "INSERT INTO dentries VALUES (?1, ?2, ?3)",
+                        params![parent as i64, name, ino as i64],
+                    )?;
+                    set_content(tx, ino, content, t)?;
+                    touch_dir(tx, parent, t)?;
+                    Ok((must_node(tx, ino)?, false))
+                }
+            }
+        })
+    }
+
+    fn commit_content(
+        &self,
+        ino: Ino,
+        content: &Content,
+        expect_version: Option<u64>,
+    ) -> Result<Node> {
+        self.write(|tx| {
+            let n = must_node(tx, ino)?;
+            if n.kind != NodeKind::File {
+                return Err(SpaceError::IsADirectory(format!("inode {ino}")));
+            }
+            if let Some(v) = expect_version {
+                if v != n.version {
+                    return Err(SpaceError::InvalidArgument(format!(
+                        "inode {ino} changed concurrently (version {} now, expected {v})",
+                        n.version
+                    )));
+                }
+            }
+            set_content(tx, ino, content, now_ns())?;
+            must_node(tx, ino)
+        })
+    }
+
+    fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            let n = lookup(tx, parent, name)?
+                .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
+            if n.kind == NodeKind::Dir {
+                return Err(SpaceError::IsADirectory(display_name(name)));
+            }
+            let t = now_ns();
+            tx.execute(
+                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                params![parent as i64, name],
+            )?;
+            drop_link(tx, &n, t)?;
+            touch_dir(tx, parent, t)
+        })
+    }
+
+    fn rmdir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            let n = lookup(tx, parent, name)?
+                .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
+            if n.kind != NodeKind::Dir {
+                return Err(SpaceError::NotADirectory(display_name(name)));
+            }
+            if !is_empty_dir(tx, n.ino)? {
+                return Err(SpaceError::NotEmpty(display_name(name)));
+            }
+            let t = now_ns();
+            tx.execute(
+                "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                params![parent as i64, name],
+            )?;
+            destroy_node(tx, n.ino)?;
+            tx.execute(
+                "UPDATE nodes SET nlink=nlink-1 WHERE ino=?1",
+                [parent as i64],
+            )?;
+            touch_dir(tx, parent, t)
+        })
+    }
+
+    fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        no_replace: bool,
+    ) -> Result<()> {
+        check_name(new_name)?;
+        self.write(|tx| {
+            let src = lookup(tx, parent, name)?
+                .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
+            dir_node(tx, new_parent)?;
+            if src.kind == NodeKind::Dir && is_ancestor(tx, src.ino, new_parent)? {
+                return Err(SpaceError::InvalidArgument(format!(
+                    "cannot move directory `{}` into itself",
+                    display_name(name)
+                )));
+            }
+            let t = now_ns();
+            if let Some(dst) = lookup(tx, new_parent, new_name)? {
+                if dst.ino == src.ino {
+                    return Ok(()); // same file (hard links or no-op): POSIX says do nothing
+                }
+                if no_replace {
+                    return Err(SpaceError::AlreadyExists(display_name(new_name)));
+                }
+                match (src.kind == NodeKind::Dir, dst.kind == NodeKind::Dir) {
+                    (true, false) => return Err(SpaceError::NotADirectory(display_name(new_name))),
+                    (false, true) => return Err(SpaceError::IsADirectory(display_name(new_name))),
+                    (true, true) => {
+                        if !is_empty_dir(tx, dst.ino)? {
+                            return Err(SpaceError::NotEmpty(display_name(new_name)));
+                        }
+                        destroy_node(tx, dst.ino)?;
+                        tx.execute(
+                            "UPDATE nodes SET nlink=nlink-1 WHERE ino=?1",
+                            [new_parent as i64],
+                        )?;
+                    }
+                    (false, false) => drop_link(tx, &dst, t)?,
+                }
+                tx.execute(
+                    "DELETE FROM dentries WHERE parent=?1 AND name=?2",
+                    params![new_parent as i64, new_name],
+                )?;
+            }
+            tx.execute(
+                "UPDATE dentries SET parent=?3, name=?4 WHERE parent=?1 AND name=?2",
+                params![parent as i64, name, new_parent as i64, new_name],
+            )?;
+            if src.kind == NodeKind::Dir && parent != new_parent {
+                tx.execute(
+                    "UPDATE nodes SET nlink=nlink-1 WHERE ino=?1",
+                    [parent as i64],
+                )?;
+                tx.execute(
+                    "UPDATE nodes SET nlink=nlink+1 WHERE ino=?1",
+                    [new_parent as i64],
+                )?;
+            }
+            tx.execute(
+                "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
+                params![src.ino as i64, t],
+            )?;
+            touch_dir(tx, parent, t)?;
+            touch_dir(tx, new_parent, t)
+        })
+    }
+
+    fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Node> {
+        check_name(new_name)?;
+        self.write(|tx| {
+            let n = must_node(tx, ino)?;
+            if n.kind == NodeKind::Dir {
+                return Err(SpaceError::IsADirectory(
+                    "cannot hard-link a directory".into(),
+                ));
+            }
+            dir_node(tx, new_parent)?;
+            if lookup(tx, new_parent, new_name)?.is_some() {
+                return Err(SpaceError::AlreadyExists(display_name(new_name)));
+            }
+            let t = now_ns();
+            tx.execute(
+                "INSERT INTO dentries VALUES (?1, ?2, ?3)",
+                params![new_parent as i64, new_name, ino as i64],
+            )?;
+            tx.execute(
+                "UPDATE nodes SET nlink=nlink+1, ctime_ns=?2 WHERE ino=?1",
+                params![ino as i64, t],
+            )?;
+            touch_dir(tx, new_parent, t)?;
+            must_node(tx, ino)
+        })
+    }
+
+    fn set_attr(&self, ino: Ino, a: &SetAttr) -> Result<Node> {
+        self.write(|tx| {
+            must_node(tx, ino)?;
+            let t = now_ns();
+            if let Some(m) = a.mode {
+                tx.execute(
+                    "UPDATE nodes SET mode=?2 WHERE ino=?1",
+                    params![ino as i64, m & 0o7777],
+                )?;
+            }
+            if let Some(u) = a.uid {
+                tx.execute(
+                    "UPDATE nodes SET uid=?2 WHERE ino=?1",
+                    params![ino as i64, u],
+                )?;
+            }
+            if let Some(g) = a.gid {
+                tx.execute(
+                    "UPDATE nodes SET gid=?2 WHERE ino=?1",
+                    params![ino as i64, g],
+                )?;
+            }
+            if let Some(at) = a.atime {
+                tx.execute(
+                    "UPDATE nodes SET atime_ns=?2 WHERE ino=?1",
+                    params![ino as i64, at],
+                )?;
+            }
+            if let Some(mt) = a.mtime {
+                tx.execute(
+                    "UPDATE nodes SET mtime_ns=?2 WHERE ino=?1",
+                    params![ino as i64, mt],
+                )?;
+            }
+            tx.execute(
+                "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
+                params![ino as i64, t],
+            )?;
+            must_node(tx, ino)
+        })
+    }
+
+    fn set_policy(&self, ino: Ino, policy: Option<&str>) -> Result<Node> {
+        self.write(|tx| {
+            must_node(tx, ino)?;
+            tx.execute(
+                "UPDATE nodes SET policy=?2, ctime_ns=?3 WHERE ino=?1",
+                params![ino as i64, policy, now_ns()],
+            )?;
+            must_node(tx, ino)
+        })
+    }
+
+    fn extents_from(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<Extent>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT offset, length, chunk FROM extents WHERE ino=?1 AND offset >=
+                   COALESCE((SELECT MAX(offset) FROM extents WHERE ino=?1 AND offset <= ?2), 0)
+                 ORDER BY offset LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![ino as i64, offset as i64, limit as i64], |r| {
+                Ok(Extent {
+                    offset: r.get::<_, i64>(0)? as u64,
+                    len: r.get::<_, i64>(1)? as u32,
+                    chunk: chunk_id_from(r.get(2)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        self.read(|c| {
+            Ok(c.prepare_cached("SELECT 1 FROM chunks WHERE id=?1")?
+                .exists([id.0.to_vec()])?)
+        })
+    }
+
+    fn get_xattr(&self, ino: Ino, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM xattrs WHERE ino=?1 AND name=?2",
+                params![ino as i64, name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+    }
+
+    fn set_xattr(&self, ino: Ino, name: &str, value: &[u8]) -> Result<()> {
+        self.write(|tx| {
+            must_node(tx, ino)?;
+            tx.execute(
+                "INSERT INTO xattrs VALUES (?1, ?2, ?3) ON CONFLICT(ino, name) DO UPDATE SET value=excluded.value",
+                params![ino as i64, name, value],
+            )?;
+            tx.execute("UPDATE nodes SET ctime_ns=?2 WHERE ino=?1", params![ino as i64, now_ns()])?;
+            Ok(())
+        })
+    }
+
+    fn list_xattr(&self, ino: Ino) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached("SELECT name FROM xattrs WHERE ino=?1 ORDER BY name")?;
+            let rows = st.query_map([ino as i64], |r| r.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
+        })
+    }
+
+    fn remove_xattr(&self, ino: Ino, name: &str) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "DELETE FROM xattrs WHERE ino=?1 AND name=?2",
+                params![ino as i64, name],
+            )? > 0)
+        })
+    }
+
+    fn stats(&self) -> Result<MetaStats> {
+        self.read(|c| {
+            let q = |sql: &str| -> rusqlite::Result<i64> {
+                c.query_row(sql, [], |r| r.get::<_, Option<i64>>(0))
+                    .map(|v| v.unwrap_or(0))
+            };
+            Ok(MetaStats {
+                files: q("SELECT COUNT(*) FROM nodes WHERE kind=1")? as u64,
+                directories: q("SELECT COUNT(*) FROM nodes WHERE kind=2")? as u64,
+                logical_bytes: q("SELECT SUM(size) FROM nodes WHERE kind=1")? as u64,
+                referenced_bytes: q("SELECT SUM(length) FROM extents")? as u64,
+                unique_bytes: q("SELECT SUM(plain_len) FROM chunks WHERE refcount > 0")? as u64,
+                stored_bytes: q("SELECT SUM(stored_len) FROM chunks WHERE refcount > 0")? as u64,
+                chunks: q("SELECT COUNT(*) FROM chunks WHERE refcount > 0")? as u64,
+                unreferenced_chunks: q("SELECT COUNT(*) FROM chunks WHERE refcount <= 0")? as u64,
+            })
+        })
+    }
+
+    fn chunk_rows(&self) -> Result<Vec<ChunkRow>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, refcount, plain_len, stored_len FROM chunks")?;
+            let rows = st.query_map([], |r| {
+                Ok(ChunkRow {
+                    id: chunk_id_from(r.get(0)?),
+                    refcount: r.get(1)?,
+                    plain_len: r.get::<_, i64>(2)? as u64,
+                    stored_len: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn referrers(&self, chunk: &ChunkId) -> Result<Vec<(Ino, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT ino, offset FROM extents WHERE chunk=?1 ORDER BY ino, offset",
+            )?;
+            let rows = st.query_map([chunk.0.to_vec()], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn delete_unreferenced_chunk(&self, id: &ChunkId) -> Result<bool> {
+        self.write(|tx| {
+            let refs: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM extents WHERE chunk=?1",
+                [id.0.to_vec()],
+                |r| r.get(0),
+            )?;
+            if refs > 0 {
+                return Ok(false);
+            }
+            Ok(tx.execute(
+                "DELETE FROM chunks WHERE id=?1 AND refcount <= 0",
+                [id.0.to_vec()],
+            )? > 0)
+        })
+    }
+
+    fn check(&self) -> Result<Vec<MetaProblem>> {
+        self.read(|c| {
+            let mut out = Vec::new();
+            let mut st = c.prepare(
+                "SELECT c.id, c.refcount, COALESCE(x.n, 0) FROM chunks c
+                 LEFT JOIN (SELECT chunk, COUNT(*) n FROM extents GROUP BY chunk) x ON x.chunk = c.id
+                 WHERE c.refcount != COALESCE(x.n, 0)",
+            )?;
+            for r in st.query_map([], |r| Ok((chunk_id_from(r.get(0)?), r.get(1)?, r.get(2)?)))? {
+                let (chunk, recorded, actual) = r?;
+                out.push(MetaProblem::RefcountMismatch { chunk, recorded, actual });
+            }
+            let mut st = c.prepare(
+                "SELECT e.ino, e.offset, e.chunk FROM extents e LEFT JOIN chunks c ON c.id = e.chunk WHERE c.id IS NULL",
+            )?;
+            for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, chunk_id_from(r.get(2)?))))? {
+                let (ino, offset, chunk) = r?;
+                out.push(MetaProblem::MissingChunkRow { ino: ino as u64, offset: offset as u64, chunk });
+            }
+            // Each file's extents must tile [0, size) exactly.
+            let mut st = c.prepare("SELECT ino, size FROM nodes WHERE kind=1")?;
+            let files: Vec<(i64, i64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut ex = c.prepare("SELECT offset, length FROM extents WHERE ino=?1 ORDER BY offset")?;
+            for (ino, size) in files {
+                let mut expect = 0i64;
+                for r in ex.query_map([ino], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))? {
+                    let (off, len) = r?;
+                    if off != expect {
+                        out.push(MetaProblem::ExtentGap { ino: ino as u64, expected_offset: expect as u64, found_offset: off as u64 });
+                    }
+                    expect = off + len;
+                }
+                if expect != size {
+                    out.push(MetaProblem::SizeMismatch { ino: ino as u64, size: size as u64, extents_end: expect as u64 });
+                }
+            }
+            let mut st = c.prepare("SELECT d.parent, d.name FROM dentries d LEFT JOIN nodes n ON n.ino=d.ino WHERE n.ino IS NULL")?;
+            for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+                let (parent, name) = r?;
+                out.push(MetaProblem::DanglingEntry { parent: parent as u64, name: display_name(&name) });
+            }
+            let mut st = c.prepare(
+                "SELECT n.ino, n.nlink, COALESCE(d.k, 0) FROM nodes n
+                 LEFT JOIN (SELECT ino, COUNT(*) k FROM dentries GROUP BY ino) d ON d.ino = n.ino
+                 WHERE n.kind != 2 AND n.nlink != COALESCE(d.k, 0)",
+            )?;
+            for r in st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))? {
+                let (ino, recorded, actual) = r?;
+                out.push(MetaProblem::LinkCountMismatch { ino: ino as u64, recorded: recorded as u32, actual: actual as u32 });
+            }
+            let mut st = c.prepare(
+                "SELECT n.ino FROM nodes n WHERE n.ino != 1 AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = n.ino)",
+            )?;
+            for r in st.query_map([], |r| r.get::<_, i64>(0))? {
+                out.push(MetaProblem::Unreachable { ino: r? as u64 });
+            }
+            Ok(out)
+        })
+    }
+}
