@@ -38,7 +38,10 @@ mod tests {
         assert_eq!(run::<AppendBang>(&[], &[b"hello"]).unwrap(), b"hello!");
         assert_eq!(run::<AppendBang>(&[], &[b"hel", b"lo"]).unwrap(), b"hello!");
         assert_eq!(run::<AppendBang>(&[], &[]).unwrap(), b"!");
-        assert_eq!(assert_split_invariant(AppendBang::default, &[], b"abc"), b"abc!");
+        assert_eq!(
+            assert_split_invariant(AppendBang::default, &[], b"abc"),
+            b"abc!"
+        );
     }
 
     #[test]

@@ -262,7 +262,12 @@ mod tests {
     use space_guest::testing::{assert_split_invariant, run};
 
     fn convert(args: &[(&str, &str)], csv: &str) -> String {
-        String::from_utf8(assert_split_invariant(Csv2Jsonl::default, args, csv.as_bytes())).unwrap()
+        String::from_utf8(assert_split_invariant(
+            Csv2Jsonl::default,
+            args,
+            csv.as_bytes(),
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -290,7 +295,8 @@ mod tests {
         // Replace the last line with an invalid UTF-8 byte.
         let n = bytes.len();
         bytes[n - 2] = 0xff;
-        let out = String::from_utf8(assert_split_invariant(Csv2Jsonl::default, &[], &bytes)).unwrap();
+        let out =
+            String::from_utf8(assert_split_invariant(Csv2Jsonl::default, &[], &bytes)).unwrap();
         assert_eq!(
             out,
             "{\"k\":\"back\\\\slash\\ttab\\u0001\"}\n{\"k\":\"h\u{e9}llo \u{1F600}\"}\n{\"k\":\"\u{FFFD}\"}\n"
@@ -316,11 +322,23 @@ mod tests {
 
     #[test]
     fn custom_delimiters() {
-        assert_eq!(convert(&[("delimiter", ";")], "a;b\n1,5;2\n"), "{\"a\":\"1,5\",\"b\":\"2\"}\n");
-        assert_eq!(convert(&[("delimiter", "tab")], "a\tb\n1\t2\n"), "{\"a\":\"1\",\"b\":\"2\"}\n");
-        assert_eq!(convert(&[("delimiter", "\t")], "a\tb\n1\t2\n"), "{\"a\":\"1\",\"b\":\"2\"}\n");
+        assert_eq!(
+            convert(&[("delimiter", ";")], "a;b\n1,5;2\n"),
+            "{\"a\":\"1,5\",\"b\":\"2\"}\n"
+        );
+        assert_eq!(
+            convert(&[("delimiter", "tab")], "a\tb\n1\t2\n"),
+            "{\"a\":\"1\",\"b\":\"2\"}\n"
+        );
+        assert_eq!(
+            convert(&[("delimiter", "\t")], "a\tb\n1\t2\n"),
+            "{\"a\":\"1\",\"b\":\"2\"}\n"
+        );
         for bad in ["", "ab", "\"", "\n", "é"] {
-            assert!(run::<Csv2Jsonl>(&[("delimiter", bad)], &[]).is_err(), "{bad:?}");
+            assert!(
+                run::<Csv2Jsonl>(&[("delimiter", bad)], &[]).is_err(),
+                "{bad:?}"
+            );
         }
         assert!(run::<Csv2Jsonl>(&[("sep", ",")], &[]).is_err());
     }

@@ -47,7 +47,8 @@ fn contains(hay: &[u8], needle: &[u8], ignore_case: bool) -> bool {
     if ignore_case {
         // `first` is already lowercase (see configure).
         (0..=last_start).any(|i| {
-            hay[i].to_ascii_lowercase() == first && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest)
+            hay[i].to_ascii_lowercase() == first
+                && hay[i + 1..i + needle.len()].eq_ignore_ascii_case(rest)
         })
     } else {
         let mut i = 0;
@@ -156,9 +157,16 @@ mod tests {
 
     #[test]
     fn invert() {
-        assert_eq!(grep(&[("pattern", "ERROR"), ("invert", "true")]), "beta ok\ngamma error two\r\n\ndelta Error\n");
         assert_eq!(
-            grep(&[("pattern", "eRRor"), ("invert", "yes"), ("ignore_case", "1")]),
+            grep(&[("pattern", "ERROR"), ("invert", "true")]),
+            "beta ok\ngamma error two\r\n\ndelta Error\n"
+        );
+        assert_eq!(
+            grep(&[
+                ("pattern", "eRRor"),
+                ("invert", "yes"),
+                ("ignore_case", "1")
+            ]),
             "beta ok\n\n"
         );
     }
@@ -190,7 +198,9 @@ mod tests {
     #[test]
     fn configuration_errors() {
         assert!(run::<Grep>(&[], &[]).unwrap_err().contains("pattern"));
-        assert!(run::<Grep>(&[("pattern", "")], &[]).unwrap_err().contains("empty"));
+        assert!(run::<Grep>(&[("pattern", "")], &[])
+            .unwrap_err()
+            .contains("empty"));
         assert!(run::<Grep>(&[("pattern", "x"), ("invert", "maybe")], &[])
             .unwrap_err()
             .contains("invert"));

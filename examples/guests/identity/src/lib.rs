@@ -21,6 +21,9 @@ mod tests {
         let input: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
         let out = assert_split_invariant(|| MapInPlaceFn(super::identity), &[], &input);
         assert_eq!(out, input);
-        assert_eq!(run_with(|| MapInPlaceFn(super::identity), &[], &[]).unwrap(), b"");
+        assert_eq!(
+            run_with(|| MapInPlaceFn(super::identity), &[], &[]).unwrap(),
+            b""
+        );
     }
 }

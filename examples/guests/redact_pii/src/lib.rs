@@ -267,7 +267,11 @@ impl Transform for RedactPii {
         if let Some(m) = args.get("mask") {
             match m.as_bytes() {
                 [c] if c.is_ascii() => self.mask = *c,
-                _ => return Err(format!("argument `mask`: expected one ASCII character, got `{m}`")),
+                _ => {
+                    return Err(format!(
+                        "argument `mask`: expected one ASCII character, got `{m}`"
+                    ))
+                }
             }
         }
         Ok(())
@@ -299,7 +303,12 @@ mod tests {
     use space_guest::testing::{assert_split_invariant, run, Lcg};
 
     fn redact(args: &[(&str, &str)], text: &str) -> String {
-        String::from_utf8(assert_split_invariant(RedactPii::default, args, text.as_bytes())).unwrap()
+        String::from_utf8(assert_split_invariant(
+            RedactPii::default,
+            args,
+            text.as_bytes(),
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -308,7 +317,16 @@ mod tests {
             redact(&[], "mail john.doe@example.com, or <a+b@mx.x-y.co.uk>."),
             "mail ****.***@*******.***, or <***@**.***.**.**>."
         );
-        for keep in ["a@b", "x@localhost", "@example.com", "a@b.c", "a@b..com", "a@-b.com", "a@b.c0m", "x@.com"] {
+        for keep in [
+            "a@b",
+            "x@localhost",
+            "@example.com",
+            "a@b.c",
+            "a@b..com",
+            "a@-b.com",
+            "a@b.c0m",
+            "x@.com",
+        ] {
             assert_eq!(redact(&[], keep), keep, "{keep}");
         }
         // Trailing punctuation is not part of the domain.
@@ -324,7 +342,10 @@ mod tests {
 
     #[test]
     fn cards() {
-        assert_eq!(redact(&[], "card 4111 1111 1111 1111 ok"), "card **** **** **** 1111 ok");
+        assert_eq!(
+            redact(&[], "card 4111 1111 1111 1111 ok"),
+            "card **** **** **** 1111 ok"
+        );
         assert_eq!(redact(&[], "4111-1111-1111-1111"), "****-****-****-1111");
         assert_eq!(redact(&[], "x4111111111111111y"), "x************1111y");
         assert_eq!(redact(&[], "378282246310005"), "***********0005"); // 15-digit Amex
@@ -333,12 +354,12 @@ mod tests {
             "call 555 1234 ************1111"
         );
         for keep in [
-            "4111111111111112",           // Luhn fails
-            "411111111111",               // 12 digits
-            "41111111111111111111",       // 20 digits in one group
-            "4111  1111 1111 1111",       // double separator
-            "4111_1111_1111_1111",        // not a separator
-            "4111.1111.1111.1111",        // not a separator
+            "4111111111111112",     // Luhn fails
+            "411111111111",         // 12 digits
+            "41111111111111111111", // 20 digits in one group
+            "4111  1111 1111 1111", // double separator
+            "4111_1111_1111_1111",  // not a separator
+            "4111.1111.1111.1111",  // not a separator
         ] {
             assert_eq!(redact(&[], keep), keep, "{keep}");
         }
@@ -347,7 +368,10 @@ mod tests {
     #[test]
     fn arguments() {
         let text = "a@b.com 4111111111111111";
-        assert_eq!(redact(&[("emails", "false")], text), "a@b.com ************1111");
+        assert_eq!(
+            redact(&[("emails", "false")], text),
+            "a@b.com ************1111"
+        );
         assert_eq!(redact(&[("cards", "no")], text), "*@*.*** 4111111111111111");
         assert_eq!(redact(&[("mask", "#")], text), "#@#.### ############1111");
         assert!(run::<RedactPii>(&[("mask", "##")], &[]).is_err());
@@ -367,10 +391,19 @@ mod tests {
         let mut rng = Lcg(7);
         let mut text = String::new();
         let mut want = String::new();
-        let fillers = ["lorem ipsum ", "id 12345 ", "x@y ", "a.b. ", "\n", "tel 555-1234 ", "é "];
+        // Fillers end in a non-separator so they never join a card candidate.
+        let fillers = [
+            "lorem ipsum ",
+            "id 12345; ",
+            "x@y ",
+            "a.b. ",
+            "\n",
+            "tel 555-1234; ",
+            "é ",
+        ];
         for i in 0..400 {
-            for _ in 0..rng.next() % 6 {
-                let f = fillers[(rng.next() % fillers.len() as u64) as usize];
+            for _ in 0..rng.next_u64() % 6 {
+                let f = fillers[(rng.next_u64() % fillers.len() as u64) as usize];
                 text.push_str(f);
                 want.push_str(f);
             }
@@ -396,10 +429,29 @@ mod tests {
         assert_eq!(redact(&[], &text), want);
     }
 
+    /// Maximal-length addresses: the decision for the first local byte needs
+    /// the domain's end ~320 bytes later, and the last domain byte needs the
+    /// `@` ~255 bytes earlier. Fails if LOOKAHEAD or CONTEXT is too small.
+    #[test]
+    fn maximal_addresses_across_boundaries() {
+        let label = "d".repeat(63);
+        let domain = format!("{label}.{label}.{label}.{}.com", "e".repeat(59));
+        assert_eq!(domain.len(), DOMAIN_MAX);
+        let email = format!("{}@{domain}", "l".repeat(LOCAL_MAX));
+        let masked = email.replace(|c: char| c != '@' && c != '.', "*");
+        // Same address but with a bad TLD: nothing may be masked.
+        let bogus = email.replace(".com", ".c0m");
+        let text = format!("{email} mid {bogus} x {email}");
+        let want = format!("{masked} mid {bogus} x {masked}");
+        assert_eq!(redact(&[], &text), want);
+    }
+
     #[test]
     fn dense_digits_and_ats() {
         // Worst cases for the span queue and the scan windows.
-        let digits: String = (0..3000).map(|i| char::from(b'0' + (i * 7 % 10) as u8)).collect();
+        let digits: String = (0..3000)
+            .map(|i| char::from(b'0' + (i * 7 % 10) as u8))
+            .collect();
         let spaced: String = (0..1500).map(|i| format!("{} ", i % 10)).collect();
         let ats = "a@b.cc@d.ee@".repeat(200);
         for text in [digits, spaced, ats] {

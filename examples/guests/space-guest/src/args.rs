@@ -94,7 +94,9 @@ impl Args {
             Some(v) => match v.to_ascii_lowercase().as_str() {
                 "true" | "1" | "yes" | "on" => Ok(true),
                 "false" | "0" | "no" | "off" => Ok(false),
-                _ => Err(format!("argument `{key}`: expected true or false, got `{v}`")),
+                _ => Err(format!(
+                    "argument `{key}`: expected true or false, got `{v}`"
+                )),
             },
         }
     }
@@ -102,7 +104,11 @@ impl Args {
     /// Rejects keys not in `known`, so misspelt arguments fail loudly at
     /// configure time instead of being ignored.
     pub fn allow_only(&self, known: &[&str]) -> Result<(), String> {
-        match self.pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        match self
+            .pairs
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
             None => Ok(()),
             Some((k, _)) => Err(format!(
                 "unknown argument `{k}` (accepted: {})",
@@ -177,7 +183,8 @@ mod tests {
 
     #[test]
     fn flags_and_known_keys() {
-        let args = Args::parse(&Args::encode(&[("x", "TRUE"), ("y", "0"), ("z", "maybe")])).unwrap();
+        let args =
+            Args::parse(&Args::encode(&[("x", "TRUE"), ("y", "0"), ("z", "maybe")])).unwrap();
         assert!(args.flag("x").unwrap());
         assert!(!args.flag("y").unwrap());
         assert!(!args.flag("missing").unwrap());

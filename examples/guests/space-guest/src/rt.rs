@@ -141,7 +141,10 @@ pub unsafe fn process<T: Transform>(
     let inst = slot.get();
     let input = slice_mut(ptr, len);
     if let Some(n) = inst.transform.process_in_place(input) {
-        assert!(n <= len, "process_in_place returned a length past the input");
+        assert!(
+            n <= len,
+            "process_in_place returned a length past the input"
+        );
         return if n == 0 {
             (std::ptr::null(), 0)
         } else {

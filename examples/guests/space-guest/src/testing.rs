@@ -107,8 +107,8 @@ pub fn assert_split_invariant<T: Transform>(
         let mut pieces = Vec::new();
         let mut pos = 0;
         while pos < n {
-            let max = if rng.next() % 4 == 0 { 3 } else { 97 };
-            let len = (rng.next() as usize % max + 1).min(n - pos);
+            let max = if rng.next_u64() % 4 == 0 { 3 } else { 97 };
+            let len = (rng.next_u64() as usize % max + 1).min(n - pos);
             pieces.push(&input[pos..pos + len]);
             pos += len;
         }
@@ -122,7 +122,7 @@ pub struct Lcg(pub u64);
 
 impl Lcg {
     /// Next pseudo-random value (upper bits of a 64-bit LCG).
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6364136223846793005)

@@ -38,6 +38,9 @@ mod tests {
         let input = "hello, Wörld! ßtraße 123 zz{`".repeat(50);
         let out = assert_split_invariant(|| MapInPlaceFn(uppercase), &[], input.as_bytes());
         assert_eq!(String::from_utf8(out).unwrap(), input.to_ascii_uppercase());
-        assert_eq!(run_with(|| MapInPlaceFn(uppercase), &[], &[b"ab", b"c"]).unwrap(), b"ABC");
+        assert_eq!(
+            run_with(|| MapInPlaceFn(uppercase), &[], &[b"ab", b"c"]).unwrap(),
+            b"ABC"
+        );
     }
 }

@@ -61,7 +61,10 @@ pub unsafe extern "C" fn dealloc(ptr: i32, len: i32) {
 pub unsafe extern "C" fn process(ptr: i32, len: i32) -> i64 {
     let n = len as u32 as usize;
     if n > 0 {
-        reverse_case(std::slice::from_raw_parts_mut(ptr as u32 as usize as *mut u8, n));
+        reverse_case(std::slice::from_raw_parts_mut(
+            ptr as u32 as usize as *mut u8,
+            n,
+        ));
     }
     (((ptr as u32 as u64) << 32) | len as u32 as u64) as i64
 }
