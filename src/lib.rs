@@ -9,11 +9,13 @@
 pub mod cli;
 pub mod crypto;
 pub mod error;
+pub mod fs;
 pub mod pipeline;
 pub mod policy;
 pub mod space;
 pub mod store;
 mod util;
+pub mod wasm;
 
 pub use error::{Result, SpaceError};
 pub use space::Space;

@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use space::space::PutOptions;
 use space::store::faulty::FaultyBackend;

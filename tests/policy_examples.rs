@@ -13,7 +13,12 @@ fn every_example_policy_parses() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let p = Policy::from_yaml(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(Policy::from_yaml(&p.to_yaml()).unwrap(), p, "{}", path.display());
+        assert_eq!(
+            Policy::from_yaml(&p.to_yaml()).unwrap(),
+            p,
+            "{}",
+            path.display()
+        );
         n += 1;
     }
     assert!(n >= 6, "expected the example policies, found {n}");

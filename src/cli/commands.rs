@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result, anyhow};
 
 use super::output::{human_bytes, mode_string, progress_bar, time_string};
 use super::{Cli, Command, PolicyAction, UsageError};
@@ -15,6 +15,13 @@ use crate::store::{InitOptions, Store};
 pub fn run(cli: &Cli) -> Result<i32> {
     match &cli.command {
         Command::Init { dir, encrypt_key } => init(cli, dir.as_deref(), *encrypt_key),
+        Command::Module {
+            action: super::ModuleAction::Sign { module, key },
+        } => super::wasm_commands::sign(module, key),
+        Command::Key {
+            action: super::KeyAction::Gen { out },
+        } => super::wasm_commands::key_gen(out),
+        Command::Transform { action } => super::wasm_commands::transform(cli, action),
         Command::Policy {
             action: PolicyAction::Check { file },
         } => {
@@ -31,7 +38,7 @@ pub fn run(cli: &Cli) -> Result<i32> {
 
 pub fn open(cli: &Cli) -> Result<Space> {
     let dir = cli.store_dir()?;
-    Ok(Space::open(&dir, &cli.unlock()?)?)
+    Ok(Space::open_with_runtime(&dir, &cli.unlock()?)?)
 }
 
 fn init(cli: &Cli, dir: Option<&Path>, encrypt_key: bool) -> Result<i32> {
@@ -116,7 +123,9 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
                 let (node, _) = space.resolve_target(target)?;
                 match &node.policy {
                     Some(_) => print!("{}", space.policy_of(&node)?.to_yaml()),
-                    None if node.kind == NodeKind::Dir => println!("# no policy: capsules created here get the nearest parent's or the default"),
+                    None if node.kind == NodeKind::Dir => println!(
+                        "# no policy: capsules created here get the nearest parent's or the default"
+                    ),
                     None => print!("{}", Policy::default().to_yaml()),
                 }
                 Ok(0)
@@ -128,7 +137,7 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
                     (None, false) => {
                         return Err(anyhow!(UsageError(
                             "policy set needs a FILE (or - for stdin) or --clear".into()
-                        )))
+                        )));
                     }
                 };
                 space.set_policy(path, p.as_ref())?;
@@ -149,6 +158,10 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
             Ok(0)
         }
         Command::Stats => stats(space),
+        Command::Module { action } => super::wasm_commands::module(space, action),
+        Command::Key { action } => super::wasm_commands::key(space, action),
+        Command::Config { action } => super::wasm_commands::config(space, action),
+        Command::Transform { .. } => unreachable!("handled before opening"),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod commands;
 mod output;
+mod wasm_commands;
 
 use std::path::PathBuf;
 
@@ -104,6 +105,88 @@ pub enum Command {
     Gc,
     /// Logical vs stored bytes, dedup and compression ratios.
     Stats,
+    /// Store WASM modules in the store and sign them.
+    Module {
+        #[command(subcommand)]
+        action: ModuleAction,
+    },
+    /// Publisher keys: generate signing keys, trust or list public keys.
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Run a policy's chain over a local file with the store's runtime (a dev loop).
+    Transform {
+        #[command(subcommand)]
+        action: TransformAction,
+    },
+    /// Show or change store settings (require_signatures, chunk_cache_bytes).
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ModuleAction {
+    /// Store a .wasm module as a capsule; prints its UUID and sha256.
+    Add {
+        file: PathBuf,
+        /// Store path (default /wasm/<file name>).
+        #[arg(long = "as", value_name = "PATH")]
+        dest: Option<String>,
+    },
+    /// Sign a module with a publisher's secret key; prints the hex signature for
+    /// `verification.signature`.
+    Sign {
+        module: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyAction {
+    /// Generate a publisher signing key into FILE (mode 0600); prints the public key.
+    Gen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Trust a publisher's public key (hex, or a file containing it) for module signatures.
+    Trust { name: String, public_key: String },
+    /// Stop trusting a publisher.
+    Untrust { name: String },
+    /// List trusted publishers.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TransformAction {
+    /// Run the chain of POLICY over FILE and write the output to stdout (or -o).
+    Run {
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Which chain: the on-read one (default) or the on-write one.
+        #[arg(long, value_enum, default_value = "on-read")]
+        trigger: TriggerArg,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TriggerArg {
+    OnRead,
+    OnWrite,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Print store.yaml.
+    Show,
+    /// Set a setting: require_signatures (true|false) or chunk_cache_bytes (a size).
+    Set { key: String, value: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -9,7 +9,7 @@ use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 
-use super::{MasterKey, KEY_LEN, NONCE_LEN, TAG_LEN};
+use super::{KEY_LEN, MasterKey, NONCE_LEN, TAG_LEN};
 
 const MAGIC: &[u8; 8] = b"SPKEY01\0";
 const KIND_RAW: u8 = 0;

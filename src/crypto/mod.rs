@@ -11,7 +11,7 @@ use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
 
-pub use keyfile::{read_key_file, write_key_file, KdfParams, KeyFileError};
+pub use keyfile::{KdfParams, KeyFileError, read_key_file, write_key_file};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 
 use rand::RngCore;
 
-use crate::crypto::{ct_eq, DataKeys, NONCE_LEN};
+use crate::crypto::{DataKeys, NONCE_LEN, ct_eq};
 use crate::policy::{CompressionAlgorithm, Policy};
 use crate::store::ChunkId;
 

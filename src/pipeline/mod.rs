@@ -9,4 +9,4 @@ pub mod write_path;
 
 pub use read_path::{CapsuleReader, ChunkCache};
 pub use transform::{ChunkTransform, TransformError, TransformFactory};
-pub use write_path::{write_stream, WriteReport};
+pub use write_path::{WriteReport, write_stream};

@@ -203,14 +203,16 @@ pub fn stream_chunks(
         for _ in 0..n_workers {
             let job_rx = Arc::clone(&job_rx);
             let done_tx = done_tx.clone();
-            scope.spawn(move || loop {
-                let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                let Ok((seq, e)) = job else { return };
-                let r = load_chunk(store, &e.chunk, &|| {
-                    format!("{name}, chunk {seq} at offset {}", e.offset)
-                });
-                if done_tx.send((seq, r)).is_err() {
-                    return;
+            scope.spawn(move || {
+                loop {
+                    let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((seq, e)) = job else { return };
+                    let r = load_chunk(store, &e.chunk, &|| {
+                        format!("{name}, chunk {seq} at offset {}", e.offset)
+                    });
+                    if done_tx.send((seq, r)).is_err() {
+                        return;
+                    }
                 }
             });
         }

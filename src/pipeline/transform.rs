@@ -4,6 +4,7 @@
 use std::io::Read;
 
 use crate::policy::TransformSpec;
+use crate::wasm::ModuleLoadError;
 
 pub trait ChunkTransform: Send {
     /// Feed one piece of input; append any output to `out`.
@@ -12,14 +13,71 @@ pub trait ChunkTransform: Send {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TransformError>;
 }
 
-/// A transform that failed: which one, at which piece, and why.
+/// A transform failed.
+///
+/// `chunk` is the 0-based index of the piece *fed to that transform* (after the engine
+/// re-split the stream into pieces of at most P bytes, see `docs/ABI.md`) when the failure
+/// happened. Failures in `configure` or while loading report chunk 0; failures in `finish`
+/// report the number of pieces that transform had processed (i.e. "one past the last").
+/// The caller (pipeline) adds the capsule name to the message.
 #[derive(Debug, thiserror::Error)]
 #[error("transform `{transform}` failed at chunk {chunk}: {cause}")]
 pub struct TransformError {
     pub transform: String,
-    /// 0-based index of the piece fed to that transform (docs/ABI.md).
     pub chunk: u64,
-    pub cause: String,
+    pub cause: TransformFailure,
+}
+
+impl TransformError {
+    pub fn new(transform: impl Into<String>, chunk: u64, cause: TransformFailure) -> Self {
+        Self {
+            transform: transform.into(),
+            chunk,
+            cause,
+        }
+    }
+}
+
+/// Why a transform failed. Every variant is a clean, typed refusal: the host never panics on
+/// guest misbehaviour, and the instance that produced the failure is discarded.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformFailure {
+    /// The guest trapped (unreachable, out-of-bounds access inside the guest, ...).
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The guest exhausted its native stack budget (`max_wasm_stack`), e.g. deep recursion.
+    #[error("guest exhausted its stack (deep recursion?)")]
+    StackOverflow,
+    /// The per-call fuel budget (`resources.fuel_limit`) ran out.
+    #[error("fuel exhausted (limit {limit} per call)")]
+    FuelExhausted { limit: u64 },
+    /// The per-call wall-clock deadline (`resources.timeout_ms`) passed.
+    #[error("timed out after {ms} ms in one call")]
+    Timeout { ms: u64 },
+    /// The guest tried to use more linear memory than allowed.
+    #[error("memory limit exceeded: guest wanted {wanted_bytes} bytes, limit is {limit_bytes}")]
+    MemoryLimit { wanted_bytes: u64, limit_bytes: u64 },
+    /// The guest broke the ABI contract (bad pointer/length, bad alloc result, ...).
+    #[error("ABI violation: {0}")]
+    AbiViolation(String),
+    /// `configure` returned non-zero, or args were given to a module that takes none.
+    #[error("configuration rejected: {0}")]
+    ConfigRejected(String),
+    /// One call produced more output than the engine accepts per call.
+    #[error("output of {len} bytes exceeds the per-call limit of {limit} bytes")]
+    OutputTooLarge { len: u64, limit: u64 },
+    /// The module could not be resolved, verified, compiled or validated.
+    #[error(transparent)]
+    Load(#[from] ModuleLoadError),
+    /// The spec asks for something the engine will not grant (e.g. memory above the hard cap).
+    #[error("invalid resources: {0}")]
+    InvalidResources(String),
+    /// Instantiation failed for a host-side reason (e.g. instance pool exhausted).
+    #[error("could not instantiate: {0}")]
+    Instantiate(String),
+    /// The transform was used after it failed or after `finish`.
+    #[error("transform unusable: {0}")]
+    InvalidState(String),
 }
 
 /// Builds chains from policy entries (implemented by the WASM runtime).

@@ -46,7 +46,7 @@ impl std::str::FromStr for ByteSize {
             other => {
                 return Err(format!(
                     "unknown size unit `{other}` in `{s}` (use B, KiB, MiB or GiB)"
-                ))
+                ));
             }
         };
         n.checked_mul(mult)

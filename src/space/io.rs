@@ -8,10 +8,10 @@ use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::EncodeSettings;
 use crate::pipeline::read_path::{self, stream_chunks};
 use crate::pipeline::transform::{ChunkTransform, TransformReader};
-use crate::pipeline::{write_stream, CapsuleReader, WriteReport};
+use crate::pipeline::{CapsuleReader, WriteReport, write_stream};
 use crate::policy::{Policy, TransformSpec};
-use crate::store::meta::{Content, NewNode, Node, NodeKind};
 use crate::store::LockMode;
+use crate::store::meta::{Content, NewNode, Node, NodeKind};
 
 /// Options for [`Space::put`].
 #[derive(Debug, Clone, Default)]

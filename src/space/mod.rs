@@ -3,6 +3,7 @@
 
 mod io;
 mod maintenance;
+pub mod modules;
 mod namespace;
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::{ChunkCache, TransformFactory};
 use crate::policy::Policy;
-use crate::store::meta::{Node, NodeKind, ROOT_INO};
+use crate::store::meta::{MetaStore, Node, NodeKind, ROOT_INO};
 use crate::store::{Store, Unlock};
 
 pub use io::{PutOptions, PutResult, View};
@@ -34,6 +35,37 @@ pub fn components(path: &str) -> Vec<&str> {
 /// Normalizes a user path to `/a/b` form for messages.
 pub fn display_path(path: &str) -> String {
     format!("/{}", components(path).join("/"))
+}
+
+/// Walks `path` from the root; also returns the innermost directory policy on the way (what
+/// a new capsule under it inherits).
+pub(crate) fn walk(meta: &dyn MetaStore, path: &str) -> Result<(Node, Option<String>)> {
+    let mut node = meta.get(ROOT_INO)?.ok_or_else(|| SpaceError::BadStore {
+        path: "meta.db".into(),
+        reason: "root directory missing".into(),
+    })?;
+    let mut inherited = node.policy.clone();
+    let comps = components(path);
+    for (i, c) in comps.iter().enumerate() {
+        if *c == ".." {
+            return Err(SpaceError::InvalidArgument(format!(
+                "`..` is not allowed in store paths: {path}"
+            )));
+        }
+        if node.kind != NodeKind::Dir {
+            return Err(SpaceError::NotADirectory(format!(
+                "/{}",
+                comps[..i].join("/")
+            )));
+        }
+        node = meta
+            .lookup(node.ino, c.as_bytes())?
+            .ok_or_else(|| SpaceError::NotFound(format!("/{}", comps[..=i].join("/"))))?;
+        if node.kind == NodeKind::Dir && node.policy.is_some() {
+            inherited = node.policy.clone();
+        }
+    }
+    Ok((node, inherited))
 }
 
 impl Space {
@@ -60,36 +92,14 @@ impl Space {
         self.transforms.as_ref()
     }
 
-    /// Walks `path` from the root; also returns the innermost directory policy on the way
-    /// (what a new capsule under it inherits).
     fn walk(&self, path: &str) -> Result<(Node, Option<String>)> {
-        let meta = &self.store.meta;
-        let mut node = meta.get(ROOT_INO)?.ok_or_else(|| SpaceError::BadStore {
-            path: self.store.dir.clone(),
-            reason: "root directory missing".into(),
-        })?;
-        let mut inherited = node.policy.clone();
-        let comps = components(path);
-        for (i, c) in comps.iter().enumerate() {
-            if *c == ".." {
-                return Err(SpaceError::InvalidArgument(format!(
-                    "`..` is not allowed in store paths: {path}"
-                )));
-            }
-            if node.kind != NodeKind::Dir {
-                return Err(SpaceError::NotADirectory(format!(
-                    "/{}",
-                    comps[..i].join("/")
-                )));
-            }
-            node = meta
-                .lookup(node.ino, c.as_bytes())?
-                .ok_or_else(|| SpaceError::NotFound(format!("/{}", comps[..=i].join("/"))))?;
-            if node.kind == NodeKind::Dir && node.policy.is_some() {
-                inherited = node.policy.clone();
-            }
-        }
-        Ok((node, inherited))
+        walk(self.store.meta.as_ref(), path).map_err(|e| match e {
+            SpaceError::BadStore { reason, .. } => SpaceError::BadStore {
+                path: self.store.dir.clone(),
+                reason,
+            },
+            other => other,
+        })
     }
 
     /// The node at `path`.

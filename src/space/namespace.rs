@@ -1,6 +1,6 @@
 //! Namespace operations by path: mkdir, rm, mv, ls, policies.
 
-use super::{components, display_path, Space};
+use super::{Space, components, display_path};
 use crate::error::{Result, SpaceError};
 use crate::policy::Policy;
 use crate::store::meta::{NewNode, Node, NodeKind};
@@ -45,7 +45,7 @@ impl Space {
                     return Err(SpaceError::NotADirectory(format!(
                         "/{}",
                         comps[..=i].join("/")
-                    )))
+                    )));
                 }
                 None => match self.store.meta.create(
                     cur.ino,
@@ -157,5 +157,19 @@ impl Space {
         self.store
             .meta
             .set_policy(node.ino, policy.map(|p| p.to_yaml()).as_deref())
+    }
+}
+
+impl Space {
+    /// The policy a new capsule created in directory `dir` inherits: the innermost policy on
+    /// the way from the root to `dir` (what [`Space::put`] uses for a new path).
+    pub fn inherited_policy(&self, dir: &Node) -> Result<Option<String>> {
+        if dir.kind == NodeKind::Dir && dir.policy.is_some() {
+            return Ok(dir.policy.clone());
+        }
+        match self.store.meta.path_of(dir.ino)? {
+            Some(p) => Ok(self.walk(&String::from_utf8_lossy(&p))?.1),
+            None => Ok(None),
+        }
     }
 }

@@ -27,6 +27,9 @@ pub struct StoreConfig {
     /// Refuse WASM modules without a valid signature by a trusted publisher.
     #[serde(default)]
     pub require_signatures: bool,
+    /// Publisher name → hex ed25519 public key, trusted to sign WASM modules.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub trusted_publishers: std::collections::BTreeMap<String, String>,
 }
 
 fn default_cache() -> u64 {
@@ -43,6 +46,7 @@ impl StoreConfig {
             key_file: key_file.map(|p| p.display().to_string()),
             chunk_cache_bytes: default_cache(),
             require_signatures: false,
+            trusted_publishers: Default::default(),
         }
     }
 

@@ -2,11 +2,11 @@
 //! "tampered chunk" are tested on purpose rather than hoped for.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::backend::ChunkBackend;
 use super::ChunkId;
+use super::backend::ChunkBackend;
 
 pub struct FaultyBackend {
     inner: Arc<dyn ChunkBackend>,

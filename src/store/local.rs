@@ -5,11 +5,11 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::backend::ChunkBackend;
 use super::ChunkId;
+use super::backend::ChunkBackend;
 
 pub struct LocalBackend {
     root: PathBuf,

@@ -175,26 +175,59 @@ pub enum MetaProblem {
 impl std::fmt::Display for MetaProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            MetaProblem::RefcountMismatch { chunk, recorded, actual } => {
-                write!(f, "chunk {chunk}: refcount {recorded} recorded, {actual} references")
+            MetaProblem::RefcountMismatch {
+                chunk,
+                recorded,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "chunk {chunk}: refcount {recorded} recorded, {actual} references"
+                )
             }
             MetaProblem::MissingChunkRow { ino, offset, chunk } => {
-                write!(f, "inode {ino} offset {offset}: references unknown chunk {chunk}")
+                write!(
+                    f,
+                    "inode {ino} offset {offset}: references unknown chunk {chunk}"
+                )
             }
-            MetaProblem::ExtentGap { ino, expected_offset, found_offset } => write!(
+            MetaProblem::ExtentGap {
+                ino,
+                expected_offset,
+                found_offset,
+            } => write!(
                 f,
                 "inode {ino}: chunk list has a gap or overlap (expected offset {expected_offset}, found {found_offset})"
             ),
-            MetaProblem::SizeMismatch { ino, size, extents_end } => {
-                write!(f, "inode {ino}: size {size} but chunks cover {extents_end} bytes")
+            MetaProblem::SizeMismatch {
+                ino,
+                size,
+                extents_end,
+            } => {
+                write!(
+                    f,
+                    "inode {ino}: size {size} but chunks cover {extents_end} bytes"
+                )
             }
             MetaProblem::DanglingEntry { parent, name } => {
-                write!(f, "directory {parent}: entry `{name}` points to a missing node")
+                write!(
+                    f,
+                    "directory {parent}: entry `{name}` points to a missing node"
+                )
             }
-            MetaProblem::LinkCountMismatch { ino, recorded, actual } => {
-                write!(f, "inode {ino}: link count {recorded} recorded, {actual} entries")
+            MetaProblem::LinkCountMismatch {
+                ino,
+                recorded,
+                actual,
+            } => {
+                write!(
+                    f,
+                    "inode {ino}: link count {recorded} recorded, {actual} entries"
+                )
             }
-            MetaProblem::Unreachable { ino } => write!(f, "inode {ino}: no directory entry reaches it"),
+            MetaProblem::Unreachable { ino } => {
+                write!(f, "inode {ino}: no directory entry reaches it")
+            }
         }
     }
 }
@@ -251,6 +284,44 @@ pub trait MetaStore: Send + Sync {
     fn set_xattr(&self, ino: Ino, name: &str, value: &[u8]) -> Result<()>;
     fn list_xattr(&self, ino: Ino) -> Result<Vec<String>>;
     fn remove_xattr(&self, ino: Ino, name: &str) -> Result<bool>;
+
+    /// Like [`MetaStore::unlink`], but if this removes the last link of a node for which
+    /// `keep(ino)` is true (a file still open somewhere), the node is kept as an *orphan*
+    /// (nlink 0, no name) instead of destroyed; returns its inode. The caller purges it with
+    /// [`MetaStore::purge_orphan`] when done; leftovers after a crash are purged at next use.
+    fn unlink_keep(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        keep: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
+        let _ = keep;
+        self.unlink(parent, name).map(|_| None)
+    }
+    /// [`MetaStore::rename`] with the orphan rule of [`MetaStore::unlink_keep`] for a replaced
+    /// target.
+    fn rename_keep(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        no_replace: bool,
+        keep: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
+        let _ = keep;
+        self.rename(parent, name, new_parent, new_name, no_replace)
+            .map(|_| None)
+    }
+    /// Destroys an orphan (a non-directory node with no links left); false if `ino` is not one.
+    fn purge_orphan(&self, ino: Ino) -> Result<bool> {
+        let _ = ino;
+        Ok(false)
+    }
+    /// All orphans (left by a crash while unlinked files were open).
+    fn orphans(&self) -> Result<Vec<Ino>> {
+        Ok(Vec::new())
+    }
 
     fn stats(&self) -> Result<MetaStats>;
     /// All chunk rows (gc, fsck).

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::meta::*;
 use super::ChunkId;
+use super::meta::*;
 use crate::error::{Result, SpaceError};
 
 pub const SCHEMA_VERSION: i64 = 1;
@@ -60,8 +60,7 @@ CREATE TABLE IF NOT EXISTS xattrs (
 ) WITHOUT ROWID;
 "#;
 
-const NODE_COLS: &str =
-    "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target";
+const NODE_COLS: &str = "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target";
 
 pub struct SqliteMeta {
     conn: Mutex<Connection>,
@@ -297,16 +296,28 @@ fn destroy_node(tx: &Transaction, ino: Ino) -> Result<()> {
     Ok(())
 }
 
-/// Drops one link to a non-directory node.
-fn drop_link(tx: &Transaction, node: &Node, t: TimeNs) -> Result<()> {
-    if node.nlink <= 1 {
-        destroy_node(tx, node.ino)
+/// Drops one link; a node losing its last link is kept as an orphan (nlink 0) if `keep` says
+/// so (returns its inode), else destroyed.
+fn drop_link_keep(
+    tx: &Transaction,
+    node: &Node,
+    t: TimeNs,
+    keep: &dyn Fn(Ino) -> bool,
+) -> Result<Option<Ino>> {
+    if node.nlink <= 1 && keep(node.ino) {
+        tx.execute(
+            "UPDATE nodes SET nlink=0, ctime_ns=?2 WHERE ino=?1",
+            params![node.ino as i64, t],
+        )?;
+        Ok(Some(node.ino))
+    } else if node.nlink <= 1 {
+        destroy_node(tx, node.ino).map(|_| None)
     } else {
         tx.execute(
             "UPDATE nodes SET nlink=nlink-1, ctime_ns=?2 WHERE ino=?1",
             params![node.ino as i64, t],
         )?;
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -518,6 +529,15 @@ impl MetaStore for SqliteMeta {
     }
 
     fn unlink(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        self.unlink_keep(parent, name, &|_| false).map(|_| ())
+    }
+
+    fn unlink_keep(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        keep: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
         self.write(|tx| {
             let n = lookup(tx, parent, name)?
                 .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
@@ -529,8 +549,9 @@ impl MetaStore for SqliteMeta {
                 "DELETE FROM dentries WHERE parent=?1 AND name=?2",
                 params![parent as i64, name],
             )?;
-            drop_link(tx, &n, t)?;
-            touch_dir(tx, parent, t)
+            let kept = drop_link_keep(tx, &n, t, keep)?;
+            touch_dir(tx, parent, t)?;
+            Ok(kept)
         })
     }
 
@@ -566,8 +587,22 @@ impl MetaStore for SqliteMeta {
         new_name: &[u8],
         no_replace: bool,
     ) -> Result<()> {
+        self.rename_keep(parent, name, new_parent, new_name, no_replace, &|_| false)
+            .map(|_| ())
+    }
+
+    fn rename_keep(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        no_replace: bool,
+        keep: &dyn Fn(Ino) -> bool,
+    ) -> Result<Option<Ino>> {
         check_name(new_name)?;
         self.write(|tx| {
+            let mut kept = None;
             let src = lookup(tx, parent, name)?
                 .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
             dir_node(tx, new_parent)?;
@@ -580,7 +615,7 @@ impl MetaStore for SqliteMeta {
             let t = now_ns();
             if let Some(dst) = lookup(tx, new_parent, new_name)? {
                 if dst.ino == src.ino {
-                    return Ok(()); // same file (hard links or no-op): POSIX says do nothing
+                    return Ok(None); // same file (hard links or no-op): POSIX says do nothing
                 }
                 if no_replace {
                     return Err(SpaceError::AlreadyExists(display_name(new_name)));
@@ -598,7 +633,7 @@ impl MetaStore for SqliteMeta {
                             [new_parent as i64],
                         )?;
                     }
-                    (false, false) => drop_link(tx, &dst, t)?,
+                    (false, false) => kept = drop_link_keep(tx, &dst, t, keep)?,
                 }
                 tx.execute(
                     "DELETE FROM dentries WHERE parent=?1 AND name=?2",
@@ -624,7 +659,36 @@ impl MetaStore for SqliteMeta {
                 params![src.ino as i64, t],
             )?;
             touch_dir(tx, parent, t)?;
-            touch_dir(tx, new_parent, t)
+            touch_dir(tx, new_parent, t)?;
+            Ok(kept)
+        })
+    }
+
+    fn purge_orphan(&self, ino: Ino) -> Result<bool> {
+        self.write(|tx| {
+            let Some(n) = get_node(tx, ino)? else {
+                return Ok(false);
+            };
+            let linked: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM dentries WHERE ino=?1",
+                [ino as i64],
+                |r| r.get(0),
+            )?;
+            if n.kind == NodeKind::Dir || n.nlink != 0 || linked != 0 {
+                return Ok(false);
+            }
+            destroy_node(tx, ino)?;
+            Ok(true)
+        })
+    }
+
+    fn orphans(&self) -> Result<Vec<Ino>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT ino FROM nodes WHERE nlink=0 AND kind!=2")?;
+            let rows = st.query_map([], |r| r.get::<_, i64>(0))?;
+            Ok(rows
+                .map(|r| r.map(|i| i as u64))
+                .collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
 
@@ -887,7 +951,7 @@ impl MetaStore for SqliteMeta {
                 out.push(MetaProblem::LinkCountMismatch { ino: ino as u64, recorded: recorded as u32, actual: actual as u32 });
             }
             let mut st = c.prepare(
-                "SELECT n.ino FROM nodes n WHERE n.ino != 1 AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = n.ino)",
+                "SELECT n.ino FROM nodes n WHERE n.ino != 1 AND NOT (n.nlink = 0 AND n.kind != 2) AND NOT EXISTS (SELECT 1 FROM dentries d WHERE d.ino = n.ino)",
             )?;
             for r in st.query_map([], |r| r.get::<_, i64>(0))? {
                 out.push(MetaProblem::Unreachable { ino: r? as u64 });

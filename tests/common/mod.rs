@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use space::store::{InitOptions, Store, Unlock};
 use space::Space;
+use space::store::{InitOptions, Store, Unlock};
 
 /// A fresh store in a temporary directory (kept alive by the returned TempDir).
 pub fn new_store() -> (tempfile::TempDir, PathBuf) {

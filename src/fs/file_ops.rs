@@ -1,0 +1,491 @@
+//! File data: open, read, write, flush/fsync/release (the commits), truncate.
+//!
+//! Writes go to the inode's [`WriteBuffer`]; a commit streams base + overlay through
+//! `Space::write_content` (on-write chain, chunking, dedup, encryption) and replaces the
+//! capsule's content in one metadata transaction. `flush` (every `close`), `fsync` and
+//! `release` commit, so after `close()` or `fsync()` returns the data survives a crash.
+
+use std::sync::{Arc, Mutex};
+
+use super::handles::{Handle, HandleKind, InodeState, OpenInode};
+use super::inode_table::{InoKind, classify};
+use super::read_stream::ChainStream;
+use super::write_buffer::{MergedReader, WriteBuffer};
+use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
+use crate::error::SpaceError;
+use crate::pipeline::CapsuleReader;
+use crate::policy::TransformSpec;
+use crate::store::meta::{Node, NodeKind, SetAttr};
+
+/// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// How the kernel should treat an open file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// Bypass the page cache (transformed capsules, virtual files).
+    pub direct_io: bool,
+    /// The page cache still holds this version: keep it.
+    pub keep_cache: bool,
+}
+
+fn read_exact_at(r: &mut CapsuleReader, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = r
+            .read_at(offset + done as u64, &mut buf[done..])
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if n == 0 {
+            // The committed version is shorter than the overlay expects: a bug, never zeros.
+            return Err(std::io::Error::other(format!(
+                "committed content ends at {} (expected more)",
+                offset + done as u64
+            )));
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+impl SpaceFs {
+    fn name_of(&self, node: &Node) -> String {
+        self.space.describe(node)
+    }
+
+    fn new_reader(&self, node: &Node, name: &str) -> CapsuleReader {
+        CapsuleReader::new(
+            Arc::clone(&self.space.store),
+            Arc::clone(&self.space.cache),
+            node,
+            name.to_string(),
+        )
+    }
+
+    /// Registers one more handle on `node`'s inode state.
+    fn acquire(&self, node: &Node, on_write: bool) -> Arc<OpenInode> {
+        let mut map = lock(&self.open);
+        let inode = map
+            .entry(node.ino)
+            .or_insert_with(|| Arc::new(OpenInode::new(node.clone(), on_write)))
+            .clone();
+        let mut st = lock(&inode.state);
+        st.handles += 1;
+        // Nobody here has changes: pick up versions committed elsewhere (spacectl).
+        if st.buf.is_none() && !st.dirty && st.node.version != node.version {
+            st.node = node.clone();
+        }
+        st.on_write = on_write;
+        drop(st);
+        inode
+    }
+
+    /// Drops one handle; the last one removes the state and purges an orphan.
+    fn unacquire(&self, inode: &Arc<OpenInode>) {
+        let mut map = lock(&self.open);
+        let mut st = lock(&inode.state);
+        st.handles = st.handles.saturating_sub(1);
+        if st.handles > 0 {
+            return;
+        }
+        let orphan = st.orphan;
+        drop(st);
+        map.remove(&inode.ino);
+        drop(map);
+        if orphan {
+            if let Err(e) = self.space.store.meta.purge_orphan(inode.ino) {
+                log::warn!("inode {}: removing unlinked file failed: {e}", inode.ino);
+            }
+            lock(&self.transformed_sizes).remove(&inode.ino);
+            lock(&self.cached_versions).remove(&inode.ino);
+        }
+    }
+
+    fn ensure_buffer<'s>(&self, st: &'s mut InodeState) -> FsResult<&'s mut WriteBuffer> {
+        if st.buf.is_none() {
+            if st.on_write && st.node.size > 0 {
+                log::warn!(
+                    "{}: has an on-write transform chain; it can only be rewritten whole \
+                     (open with O_TRUNC, or truncate to 0 first) — see docs/SEMANTICS.md",
+                    self.name_of(&st.node)
+                );
+                return Err(libc::EPERM);
+            }
+            let base = if st.on_write { 0 } else { st.node.size };
+            st.buf = Some(WriteBuffer::new(
+                base,
+                self.opts.write_mem_limit,
+                &self.spill_dir,
+            ));
+        }
+        Ok(st.buf.as_mut().expect("created above"))
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        match classify(ino) {
+            InoKind::Store(i) => {
+                let node = self.node(i)?;
+                match node.kind {
+                    NodeKind::Dir => return Err(libc::EISDIR),
+                    NodeKind::Symlink => return Err(libc::ELOOP),
+                    NodeKind::File => {}
+                }
+                if write {
+                    self.check_writable()?;
+                }
+                let chains = self.chains(&node);
+                let inode = self.acquire(&node, chains.on_write);
+                if chains.on_read && !write {
+                    let name = self.name_of(&node);
+                    let specs = match self.space.policy_of(&node) {
+                        Ok(p) => p.on_read().cloned().collect::<Vec<TransformSpec>>(),
+                        Err(e) => {
+                            self.unacquire(&inode);
+                            return Err(errno(e));
+                        }
+                    };
+                    let space = Arc::clone(&self.space);
+                    let what = name.clone();
+                    let stream = ChainStream::new(
+                        self.new_reader(&node, &name),
+                        name,
+                        Box::new(move || space.open_chain(&specs, &what)),
+                    );
+                    let fh = self.handles.insert(Handle {
+                        kind: HandleKind::Stream {
+                            inode,
+                            stream: Mutex::new(stream),
+                        },
+                    });
+                    return Ok(Opened {
+                        fh,
+                        direct_io: true,
+                        keep_cache: false,
+                    });
+                }
+                if write && chains.on_write {
+                    let mut st = lock(&inode.state);
+                    if st.buf.is_none() && st.node.size > 0 {
+                        drop(st);
+                        let r = self.ensure_buffer(&mut lock(&inode.state)).map(|_| ());
+                        if let Err(e) = r {
+                            self.unacquire(&inode);
+                            return Err(e);
+                        }
+                    } else {
+                        self.ensure_buffer(&mut st)?;
+                    }
+                }
+                let direct_io = chains.on_read || chains.on_write;
+                let keep_cache = !direct_io && {
+                    let mut cv = lock(&self.cached_versions);
+                    let keep = cv.get(&i) == Some(&node.version);
+                    cv.insert(i, node.version);
+                    keep
+                };
+                let name = self.name_of(&node);
+                let fh = self.handles.insert(Handle {
+                    kind: HandleKind::File {
+                        inode,
+                        write,
+                        reader: Mutex::new(None),
+                        name,
+                    },
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io,
+                    keep_cache,
+                })
+            }
+            InoKind::Raw(i) => {
+                if write {
+                    return Err(libc::EROFS);
+                }
+                let node = self.node(i)?;
+                if node.kind != NodeKind::File {
+                    return Err(if node.kind == NodeKind::Dir {
+                        libc::EISDIR
+                    } else {
+                        libc::ELOOP
+                    });
+                }
+                let name = format!("{} (raw)", self.name_of(&node));
+                let reader = self.new_reader(&node, &name);
+                let fh = self.handles.insert(Handle {
+                    kind: HandleKind::Raw {
+                        reader: Mutex::new(reader),
+                    },
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io: false,
+                    keep_cache: false,
+                })
+            }
+            InoKind::Stats => {
+                if write {
+                    return Err(libc::EACCES);
+                }
+                let text = self.stats.render(&self.space).into_bytes();
+                let fh = self.handles.insert(Handle {
+                    kind: HandleKind::Bytes(text),
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                    keep_cache: false,
+                })
+            }
+            InoKind::SpaceDir | InoKind::ById => Err(libc::EISDIR),
+            InoKind::Unknown => Err(libc::ENOENT),
+        }
+    }
+
+    /// Creates and opens a new capsule.
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        caller: Caller,
+    ) -> FsResult<(Attr, Opened)> {
+        let node = self.create_file(parent, name, mode, caller)?;
+        let opened = self.open(node.ino, flags)?;
+        Ok((self.node_attr(&node), opened))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handles.get(fh).ok_or(libc::EBADF)?;
+        let size = size as usize;
+        let out = match &h.kind {
+            HandleKind::File {
+                inode,
+                reader,
+                name,
+                ..
+            } => {
+                let st = lock(&inode.state);
+                let mut r = lock(reader);
+                if r.as_ref().map(|r| r.version()) != Some(st.node.version) {
+                    *r = Some(self.new_reader(&st.node, name));
+                }
+                let reader = r.as_mut().expect("created above");
+                match &st.buf {
+                    Some(buf) => {
+                        let mut out = vec![0u8; size];
+                        let mut base = |off: u64, b: &mut [u8]| read_exact_at(reader, off, b);
+                        let n = buf.read(offset, &mut out, &mut base).map_err(|e| {
+                            log::error!("{name}: reading at {offset}: {e}");
+                            libc::EIO
+                        })?;
+                        out.truncate(n);
+                        out
+                    }
+                    None => {
+                        drop(st);
+                        let mut out = vec![0u8; size];
+                        let n = reader.read_at(offset, &mut out).map_err(errno)?;
+                        out.truncate(n);
+                        out
+                    }
+                }
+            }
+            HandleKind::Stream { inode, stream } => {
+                let mut s = lock(stream);
+                let out = s.read(offset, size).map_err(|e| {
+                    // Names capsule, transform and chunk; only this handle fails.
+                    log::error!("{e}");
+                    libc::EIO
+                })?;
+                if let Some(total) = s.known_size() {
+                    lock(&self.transformed_sizes).insert(inode.ino, (s.version(), total));
+                }
+                out
+            }
+            HandleKind::Raw { reader } => {
+                let mut out = vec![0u8; size];
+                let n = lock(reader).read_at(offset, &mut out).map_err(errno)?;
+                out.truncate(n);
+                out
+            }
+            HandleKind::Bytes(b) => {
+                let from = (offset as usize).min(b.len());
+                b[from..(from + size).min(b.len())].to_vec()
+            }
+            HandleKind::Dir { .. } => return Err(libc::EISDIR),
+        };
+        Stats::inc(&self.stats.read_requests);
+        Stats::add(&self.stats.bytes_read, out.len() as u64);
+        Ok(out)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let h = self.handles.get(fh).ok_or(libc::EBADF)?;
+        let HandleKind::File {
+            inode, write: true, ..
+        } = &h.kind
+        else {
+            return Err(libc::EBADF);
+        };
+        if offset.saturating_add(data.len() as u64) > MAX_FILE_SIZE {
+            return Err(libc::EFBIG);
+        }
+        let mut st = lock(&inode.state);
+        let buf = self.ensure_buffer(&mut st)?;
+        let spilled = buf.spilled();
+        buf.write(offset, data).map_err(|e| {
+            log::error!("inode {}: buffering a write failed: {e}", inode.ino);
+            e.raw_os_error().unwrap_or(libc::EIO)
+        })?;
+        if !spilled && buf.spilled() {
+            Stats::inc(&self.stats.spills);
+        }
+        st.dirty = true;
+        st.mtime = Some(Self::now());
+        Stats::inc(&self.stats.write_requests);
+        Stats::add(&self.stats.bytes_written, data.len() as u64);
+        Ok(data.len() as u32)
+    }
+
+    /// Commits the inode's pending changes, if any. Returns after the metadata transaction.
+    pub fn commit(&self, inode: &OpenInode) -> FsResult<()> {
+        let mut st = lock(&inode.state);
+        if !st.dirty {
+            return Ok(());
+        }
+        let current = self.node(inode.ino)?;
+        let name = self.name_of(&current);
+        let buf = st.buf.as_ref().expect("dirty implies a buffer");
+        let expect = (buf.base_len() > 0).then_some(st.node.version);
+        let mut reader = self.new_reader(&st.node, &name);
+        let mut base = |off: u64, b: &mut [u8]| read_exact_at(&mut reader, off, b);
+        let mut input = MergedReader::new(buf, &mut base);
+        let result = self.space.write_content(&current, &mut input, expect);
+        let (mut node, report) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                Stats::inc(&self.stats.commit_failures);
+                let code = match &e {
+                    SpaceError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+                    _ => libc::EIO,
+                };
+                log::error!("{name}: committing writes failed: {e}");
+                return Err(code);
+            }
+        };
+        if let Some(m) = st.mtime_override.take() {
+            let a = SetAttr {
+                mtime: Some(m),
+                ..Default::default()
+            };
+            node = self
+                .space
+                .store
+                .meta
+                .set_attr(inode.ino, &a)
+                .map_err(errno)?;
+        }
+        Stats::inc(&self.stats.commits);
+        Stats::add(&self.stats.bytes_committed, report.bytes);
+        Stats::add(&self.stats.chunks_committed, report.chunks);
+        Stats::add(&self.stats.chunks_reused, report.reused_chunks);
+        lock(&self.cached_versions).insert(inode.ino, node.version);
+        st.node = node;
+        st.dirty = false;
+        st.mtime = None;
+        if !st.on_write {
+            st.buf = None;
+        }
+        Ok(())
+    }
+
+    fn handle_inode(&self, fh: u64) -> FsResult<Option<Arc<OpenInode>>> {
+        let h = self.handles.get(fh).ok_or(libc::EBADF)?;
+        Ok(match &h.kind {
+            HandleKind::File { inode, .. } | HandleKind::Stream { inode, .. } => {
+                Some(Arc::clone(inode))
+            }
+            _ => None,
+        })
+    }
+
+    /// close(2) of one descriptor: commits pending writes of the inode.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        match self.handle_inode(fh)? {
+            Some(i) => self.commit(&i),
+            None => Ok(()),
+        }
+    }
+
+    pub fn fsync(&self, fh: u64) -> FsResult<()> {
+        self.flush(fh)
+    }
+
+    /// Last close of a handle: commits what is left and forgets the handle.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let Some(h) = self.handles.remove(fh) else {
+            return Err(libc::EBADF);
+        };
+        let inode = match &h.kind {
+            HandleKind::File { inode, .. } | HandleKind::Stream { inode, .. } => Arc::clone(inode),
+            _ => return Ok(()),
+        };
+        let r = self.commit(&inode);
+        self.unacquire(&inode);
+        r
+    }
+
+    /// truncate/ftruncate. Without a handle (`truncate(2)` by path) the change is committed
+    /// before returning; through a handle it is committed with the handle's other writes.
+    pub(crate) fn truncate(&self, ino: u64, size: u64, through_handle: bool) -> FsResult<()> {
+        if size > MAX_FILE_SIZE {
+            return Err(libc::EFBIG);
+        }
+        let node = self.node(ino)?;
+        match node.kind {
+            NodeKind::Dir => return Err(libc::EISDIR),
+            NodeKind::Symlink => return Err(libc::EINVAL),
+            NodeKind::File => {}
+        }
+        let chains = self.chains(&node);
+        let apply = |inode: &OpenInode| -> FsResult<()> {
+            let mut st = lock(&inode.state);
+            if st.on_write && st.buf.is_none() && size == 0 {
+                st.buf = Some(WriteBuffer::new(
+                    0,
+                    self.opts.write_mem_limit,
+                    &self.spill_dir,
+                ));
+            }
+            let buf = self.ensure_buffer(&mut st)?;
+            if buf.size() == size && buf.is_pristine() {
+                return Ok(());
+            }
+            buf.truncate(size)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            st.dirty = true;
+            st.mtime = Some(Self::now());
+            Ok(())
+        };
+        if let Some(open) = self.open_inode(ino) {
+            apply(&open)?;
+            if !through_handle {
+                self.commit(&open)?;
+            }
+            return Ok(());
+        }
+        if size == node.size && !chains.on_write {
+            return Ok(());
+        }
+        if size == 0 && !chains.on_write {
+            self.space.clear_content(&node).map_err(errno)?;
+            return Ok(());
+        }
+        let tmp = OpenInode::new(node, chains.on_write);
+        apply(&tmp)?;
+        self.commit(&tmp)
+    }
+}

@@ -1,0 +1,121 @@
+//! Open file handles, and the state shared by all handles of one inode.
+//!
+//! Dirty data belongs to the inode, not the handle: two descriptors of the same file see each
+//! other's writes at once (as on a local filesystem), and whichever is flushed, fsynced or
+//! released first commits them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::lock;
+use super::read_stream::ChainStream;
+use super::write_buffer::WriteBuffer;
+use crate::pipeline::CapsuleReader;
+use crate::store::meta::{Ino, Node, TimeNs};
+
+/// Per-inode state while at least one handle is open.
+pub struct OpenInode {
+    pub ino: Ino,
+    pub(crate) state: Mutex<InodeState>,
+}
+
+pub(crate) struct InodeState {
+    /// The committed version the overlay is based on.
+    pub node: Node,
+    /// Uncommitted changes; for capsules with an on-write chain, the whole (untransformed)
+    /// content written during this open session, kept across commits.
+    pub buf: Option<WriteBuffer>,
+    pub dirty: bool,
+    /// Time of the last write (what `stat` shows until the commit).
+    pub mtime: Option<TimeNs>,
+    /// An mtime set explicitly (utimens) while dirty: re-applied after the commit.
+    pub mtime_override: Option<TimeNs>,
+    pub on_write: bool,
+    pub handles: usize,
+    /// The last name went away while open: the node is an orphan, purged at last release.
+    pub orphan: bool,
+}
+
+impl OpenInode {
+    pub(crate) fn new(node: Node, on_write: bool) -> OpenInode {
+        OpenInode {
+            ino: node.ino,
+            state: Mutex::new(InodeState {
+                node,
+                buf: None,
+                dirty: false,
+                mtime: None,
+                mtime_override: None,
+                on_write,
+                handles: 0,
+                orphan: false,
+            }),
+        }
+    }
+
+    /// Size as users see it right now (dirty size if any).
+    pub fn size(&self) -> u64 {
+        let st = lock(&self.state);
+        st.buf.as_ref().map(|b| b.size()).unwrap_or(st.node.size)
+    }
+}
+
+/// What a handle reads from.
+pub(crate) enum HandleKind {
+    /// A capsule's stored bytes merged with its dirty overlay.
+    File {
+        inode: Arc<OpenInode>,
+        write: bool,
+        /// Reader of the committed version (re-created when the version changes).
+        reader: Mutex<Option<CapsuleReader>>,
+        name: String,
+    },
+    /// A capsule through its on-read chain (read-only, direct I/O).
+    Stream {
+        inode: Arc<OpenInode>,
+        stream: Mutex<ChainStream>,
+    },
+    /// `/.space/raw/...`: stored bytes, read-only.
+    Raw { reader: Mutex<CapsuleReader> },
+    /// A snapshot of a virtual file's text.
+    Bytes(Vec<u8>),
+    /// A directory listing, snapshotted when reading starts.
+    Dir {
+        ino: u64,
+        entries: Mutex<Option<Vec<DirEntry>>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub name: Vec<u8>,
+    pub kind: super::Kind,
+}
+
+pub(crate) struct Handle {
+    pub kind: HandleKind,
+}
+
+#[derive(Default)]
+pub struct HandleTable {
+    next: AtomicU64,
+    map: Mutex<HashMap<u64, Arc<Handle>>>,
+}
+
+impl HandleTable {
+    pub(crate) fn insert(&self, h: Handle) -> u64 {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        lock(&self.map).insert(fh, Arc::new(h));
+        fh
+    }
+
+    pub(crate) fn get(&self, fh: u64) -> Option<Arc<Handle>> {
+        lock(&self.map).get(&fh).cloned()
+    }
+
+    pub(crate) fn remove(&self, fh: u64) -> Option<Arc<Handle>> {
+        lock(&self.map).remove(&fh)
+    }
+}

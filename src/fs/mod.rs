@@ -1,0 +1,247 @@
+//! `spacefs`: the store as a POSIX directory tree, independent of the FUSE library.
+//!
+//! [`SpaceFs`] implements the operations (lookup, read, write, rename, …) on plain Rust types
+//! and errno values, so they can be exercised without a kernel; [`fuse`] only adapts fuser's
+//! callbacks to them, and [`daemon`] is the `spacefs` mount helper. Semantics (close-to-open
+//! consistency, transformed sizes, on-write overwrites) are specified in docs/SEMANTICS.md.
+//!
+//! Layout: [`inode_table`] (kernel inode numbers, the virtual range), [`handles`] (open files
+//! and their shared per-inode state), [`write_buffer`] (dirty data), [`read_stream`] (on-read
+//! chains), [`ops`] (namespace), [`file_ops`] (data), [`xattr`], [`virtual_tree`] (`/.space`),
+//! [`stats`].
+
+pub mod daemon;
+pub mod file_ops;
+pub mod fuse;
+pub mod handles;
+pub mod inode_table;
+pub mod ops;
+pub mod options;
+pub mod read_stream;
+pub mod stats;
+pub mod virtual_tree;
+pub mod write_buffer;
+pub mod xattr;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::Space;
+use crate::error::SpaceError;
+use crate::policy::Policy;
+use crate::store::meta::{Ino, Node, NodeKind, TimeNs};
+
+pub use handles::{HandleTable, OpenInode};
+pub use stats::Stats;
+
+/// An errno value (positive), what every operation returns on failure.
+pub type Errno = i32;
+pub type FsResult<T> = std::result::Result<T, Errno>;
+
+/// Converts a store error to an errno, logging what the caller will not see.
+pub(crate) fn errno(e: SpaceError) -> Errno {
+    let code = e.errno();
+    match code {
+        libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENOTDIR | libc::EISDIR => {
+            log::debug!("{e}")
+        }
+        _ => log::warn!("{e}"),
+    }
+    code
+}
+
+/// Locks a mutex, ignoring poisoning (a panicked request must not wedge the mount).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Who is asking (from the request header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+impl From<NodeKind> for Kind {
+    fn from(k: NodeKind) -> Kind {
+        match k {
+            NodeKind::File => Kind::File,
+            NodeKind::Dir => Kind::Dir,
+            NodeKind::Symlink => Kind::Symlink,
+        }
+    }
+}
+
+/// What `stat` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    pub atime: TimeNs,
+    pub mtime: TimeNs,
+    pub ctime: TimeNs,
+    pub kind: Kind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Settings of a mount.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    pub read_only: bool,
+    /// How long the kernel may cache attributes and names (changes made with `spacectl`
+    /// while mounted show up after this).
+    pub ttl: Duration,
+    /// Dirty bytes per open file kept in memory before spilling to a temporary file.
+    pub write_mem_limit: usize,
+    /// Where spilled write buffers go (unnamed files; default: the store directory).
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            read_only: false,
+            ttl: Duration::from_secs(1),
+            write_mem_limit: 16 << 20,
+            spill_dir: None,
+        }
+    }
+}
+
+/// Which chains a policy has (parsed once per distinct policy text).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Chains {
+    pub on_read: bool,
+    pub on_write: bool,
+}
+
+/// The mounted filesystem.
+pub struct SpaceFs {
+    pub space: Arc<Space>,
+    pub opts: FsOptions,
+    pub stats: Arc<Stats>,
+    pub(crate) handles: HandleTable,
+    /// Inodes with open handles (their dirty state lives there).
+    pub(crate) open: Mutex<HashMap<Ino, Arc<OpenInode>>>,
+    /// Output sizes of on-read chains, learned when a stream reached its end: ino → (version, size).
+    pub(crate) transformed_sizes: Mutex<HashMap<Ino, (u64, u64)>>,
+    /// Version whose bytes the kernel page cache may hold, per inode (for FOPEN_KEEP_CACHE).
+    pub(crate) cached_versions: Mutex<HashMap<Ino, u64>>,
+    chains: Mutex<HashMap<String, Chains>>,
+    spill_dir: PathBuf,
+}
+
+impl SpaceFs {
+    /// Wraps `space` (with its transform runtime, if any) for mounting. Purges orphans left by
+    /// a crash (files that were unlinked while open).
+    pub fn new(space: Space, opts: FsOptions) -> crate::Result<SpaceFs> {
+        let stats = Arc::new(Stats::default());
+        let space = match space.transforms().cloned() {
+            Some(inner) => space.with_transforms(Arc::new(stats::CountingFactory {
+                inner,
+                stats: Arc::clone(&stats),
+            })),
+            None => space,
+        };
+        for ino in space.store.meta.orphans()? {
+            if space.store.meta.purge_orphan(ino)? {
+                log::info!("removed orphan inode {ino} (unlinked while open before a crash)");
+            }
+        }
+        let spill_dir = opts
+            .spill_dir
+            .clone()
+            .unwrap_or_else(|| space.store.dir.clone());
+        Ok(SpaceFs {
+            space: Arc::new(space),
+            opts,
+            stats,
+            handles: HandleTable::default(),
+            open: Mutex::new(HashMap::new()),
+            transformed_sizes: Mutex::new(HashMap::new()),
+            cached_versions: Mutex::new(HashMap::new()),
+            chains: Mutex::new(HashMap::new()),
+            spill_dir,
+        })
+    }
+
+    pub(crate) fn chains(&self, node: &Node) -> Chains {
+        let Some(yaml) = &node.policy else {
+            return Chains::default();
+        };
+        if node.kind != NodeKind::File || !yaml.contains("transform") {
+            return Chains::default();
+        }
+        if let Some(c) = lock(&self.chains).get(yaml) {
+            return *c;
+        }
+        let c = match Policy::from_yaml(yaml) {
+            Ok(p) => Chains {
+                on_read: p.on_read().next().is_some(),
+                on_write: p.on_write().next().is_some(),
+            },
+            Err(e) => {
+                log::warn!("inode {}: unreadable policy: {e}", node.ino);
+                Chains::default()
+            }
+        };
+        let mut m = lock(&self.chains);
+        if m.len() > 1024 {
+            m.clear();
+        }
+        m.insert(yaml.clone(), c);
+        c
+    }
+
+    fn check_writable(&self) -> FsResult<()> {
+        if self.opts.read_only {
+            Err(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits every pending write (on unmount and on SIGTERM/SIGINT).
+    pub fn commit_all(&self) {
+        let inodes: Vec<Arc<OpenInode>> = lock(&self.open).values().cloned().collect();
+        for i in inodes {
+            if let Err(e) = self.commit(&i) {
+                log::error!(
+                    "inode {}: pending writes could not be committed (errno {e})",
+                    i.ino
+                );
+            }
+        }
+    }
+}
+
+/// Nanoseconds since the epoch → what fuser wants.
+pub(crate) fn to_system_time(t: TimeNs) -> std::time::SystemTime {
+    if t >= 0 {
+        std::time::UNIX_EPOCH + Duration::from_nanos(t as u64)
+    } else {
+        std::time::UNIX_EPOCH - Duration::from_nanos(t.unsigned_abs())
+    }
+}
+
+pub(crate) fn from_system_time(t: std::time::SystemTime) -> TimeNs {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as TimeNs,
+        Err(e) => -(e.duration().as_nanos() as TimeNs),
+    }
+}

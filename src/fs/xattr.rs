@@ -1,0 +1,157 @@
+//! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored with the node;
+//! `user.space.policy` reads and sets the node's policy YAML; `user.space.id` shows its UUID.
+//! `system.*` (POSIX ACLs) is not supported.
+
+use super::inode_table::{InoKind, classify};
+use super::{FsResult, SpaceFs, errno};
+use crate::policy::Policy;
+use crate::store::meta::NodeKind;
+
+pub const POLICY_XATTR: &str = "user.space.policy";
+pub const ID_XATTR: &str = "user.space.id";
+
+/// setxattr flags.
+const XATTR_CREATE: i32 = 1;
+const XATTR_REPLACE: i32 = 2;
+
+fn stored_namespace(name: &str) -> FsResult<()> {
+    if name.starts_with("user.") || name.starts_with("trusted.") || name.starts_with("security.") {
+        Ok(())
+    } else {
+        Err(libc::EOPNOTSUPP)
+    }
+}
+
+impl SpaceFs {
+    /// The store inode behind `ino` and whether it may be changed.
+    fn xattr_target(&self, ino: u64) -> FsResult<(u64, bool)> {
+        match classify(ino) {
+            InoKind::Store(i) => Ok((i, !self.opts.read_only)),
+            InoKind::Raw(i) => Ok((i, false)),
+            InoKind::Unknown => Err(libc::ENOENT),
+            _ => Err(libc::ENODATA),
+        }
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        let (i, _) = self.xattr_target(ino)?;
+        let node = self.node(i)?;
+        match name {
+            ID_XATTR => Ok(node.uuid.to_string().into_bytes()),
+            POLICY_XATTR => match (&node.policy, node.kind) {
+                (Some(p), _) => Ok(p.clone().into_bytes()),
+                (None, NodeKind::File) => Ok(Policy::default().to_yaml().into_bytes()),
+                (None, _) => Err(libc::ENODATA),
+            },
+            _ => {
+                stored_namespace(name)?;
+                self.space
+                    .store
+                    .meta
+                    .get_xattr(i, name)
+                    .map_err(errno)?
+                    .ok_or(libc::ENODATA)
+            }
+        }
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &str, value: &[u8], flags: i32) -> FsResult<()> {
+        let (i, writable) = self.xattr_target(ino)?;
+        if !writable {
+            return Err(libc::EROFS);
+        }
+        let node = self.node(i)?;
+        match name {
+            ID_XATTR => Err(libc::EPERM),
+            POLICY_XATTR => {
+                if node.kind == NodeKind::Symlink {
+                    return Err(libc::EPERM);
+                }
+                let text = std::str::from_utf8(value).map_err(|_| libc::EINVAL)?;
+                let policy = Policy::from_yaml(text).map_err(|e| {
+                    log::warn!("{}: rejected policy: {e}", self.space.describe(&node));
+                    libc::EINVAL
+                })?;
+                self.space
+                    .store
+                    .meta
+                    .set_policy(i, Some(&policy.to_yaml()))
+                    .map_err(errno)?;
+                Ok(())
+            }
+            _ => {
+                stored_namespace(name)?;
+                if name.len() > 255 {
+                    return Err(libc::ERANGE);
+                }
+                if flags & (XATTR_CREATE | XATTR_REPLACE) != 0 {
+                    let exists = self
+                        .space
+                        .store
+                        .meta
+                        .get_xattr(i, name)
+                        .map_err(errno)?
+                        .is_some();
+                    if flags & XATTR_CREATE != 0 && exists {
+                        return Err(libc::EEXIST);
+                    }
+                    if flags & XATTR_REPLACE != 0 && !exists {
+                        return Err(libc::ENODATA);
+                    }
+                }
+                self.space
+                    .store
+                    .meta
+                    .set_xattr(i, name, value)
+                    .map_err(errno)
+            }
+        }
+    }
+
+    /// Names, each followed by a NUL (the listxattr wire format).
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (i, _) = match self.xattr_target(ino) {
+            Ok(t) => t,
+            Err(libc::ENODATA) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let node = self.node(i)?;
+        let mut names = vec![ID_XATTR.to_string()];
+        if node.policy.is_some() || node.kind == NodeKind::File {
+            names.push(POLICY_XATTR.to_string());
+        }
+        names.extend(self.space.store.meta.list_xattr(i).map_err(errno)?);
+        let mut out = Vec::new();
+        for n in names {
+            out.extend_from_slice(n.as_bytes());
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &str) -> FsResult<()> {
+        let (i, writable) = self.xattr_target(ino)?;
+        if !writable {
+            return Err(libc::EROFS);
+        }
+        match name {
+            ID_XATTR => Err(libc::EPERM),
+            POLICY_XATTR => {
+                let node = self.node(i)?;
+                if node.policy.is_none() {
+                    return Err(libc::ENODATA);
+                }
+                self.space.store.meta.set_policy(i, None).map_err(errno)?;
+                Ok(())
+            }
+            _ => {
+                stored_namespace(name)?;
+                if self.space.store.meta.remove_xattr(i, name).map_err(errno)? {
+                    Ok(())
+                } else {
+                    Err(libc::ENODATA)
+                }
+            }
+        }
+    }
+}

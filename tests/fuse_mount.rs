@@ -1,0 +1,264 @@
+//! Ordinary programs against a store mounted by the real `spacefs` daemon: cat, cp, dd, tail,
+//! sha256sum, python3, tar + diff -r, mv, ln, chmod, setfattr/getfattr, the /.space tree,
+//! signals and background mode.
+
+mod fuse_common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use fuse_common::*;
+
+fn write(p: &Path, data: &[u8]) {
+    std::fs::write(p, data).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+}
+
+#[test]
+fn programs_see_a_local_filesystem() {
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else { return };
+    let m = s.mnt.display().to_string();
+    let t = s.tmp.path().display().to_string();
+
+    // cat / cp / sha256sum of a multi-chunk incompressible file.
+    let data = random_bytes(5 << 20, 1);
+    write(&s.tmp.path().join("big"), &data);
+    sh(&format!("mkdir -p {m}/in && cp {t}/big {m}/in/big"));
+    assert_eq!(std::fs::read(s.mnt.join("in/big")).unwrap(), data);
+    let a = sh_out(&format!("sha256sum < {t}/big"));
+    assert_eq!(sh_out(&format!("cat {m}/in/big | sha256sum")), a);
+    assert_eq!(std::fs::metadata(s.mnt.join("in/big")).unwrap().len(), data.len() as u64);
+
+    // dd: in-place overwrite at an offset (conv=notrunc), then a sparse write past the end.
+    sh(&format!(
+        "cp {m}/in/big {t}/model && \
+         dd if=/dev/urandom of={t}/patch bs=4096 count=3 2>/dev/null && \
+         dd if={t}/patch of={m}/in/big bs=4096 seek=100 conv=notrunc 2>/dev/null && \
+         dd if={t}/patch of={t}/model bs=4096 seek=100 conv=notrunc 2>/dev/null && \
+         dd if={t}/patch of={m}/in/big bs=1 seek=6000000 conv=notrunc 2>/dev/null && \
+         dd if={t}/patch of={t}/model bs=1 seek=6000000 conv=notrunc 2>/dev/null && \
+         cmp {t}/model {m}/in/big"
+    ));
+    // Reading a block back with dd skip, and tail.
+    assert_eq!(
+        sh_out(&format!("dd if={m}/in/big bs=4096 skip=100 count=3 2>/dev/null | sha256sum")),
+        sh_out(&format!("sha256sum < {t}/patch"))
+    );
+    assert_eq!(
+        sh_out(&format!("tail -c 5000 {m}/in/big | sha256sum")),
+        sh_out(&format!("tail -c 5000 {t}/model | sha256sum"))
+    );
+
+    // Appends, truncate (shrink and grow), python3 reads and writes.
+    sh(&format!(
+        "printf 'one\\n' > {m}/log && printf 'two\\n' >> {m}/log && echo three >> {m}/log"
+    ));
+    assert_eq!(std::fs::read_to_string(s.mnt.join("log")).unwrap(), "one\ntwo\nthree\n");
+    assert_eq!(sh_out(&format!("tail -n 1 {m}/log")), "three\n");
+    sh(&format!("truncate -s 2 {m}/log && truncate -s 6 {m}/log"));
+    assert_eq!(std::fs::read(s.mnt.join("log")).unwrap(), b"on\0\0\0\0");
+    if which("python3").is_some() {
+        sh(&format!(
+            "python3 -c \"\
+import os
+p='{m}/py'
+open(p,'wb').write(b'x'*100000)
+f=open(p,'r+b'); f.seek(50000); f.write(b'HELLO'); f.flush(); os.fsync(f.fileno()); f.close()
+d=open(p,'rb').read()
+assert len(d)==100000 and d[50000:50005]==b'HELLO' and d[:5]==b'xxxxx', len(d)
+assert open('{m}/in/big','rb').read()==open('{t}/model','rb').read()
+\""
+        ));
+    }
+
+    // tar a real source tree into the mount; diff -r against the original.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    sh(&format!(
+        "tar -C {} -cf {t}/src.tar . && mkdir {m}/tree && tar -C {m}/tree -xf {t}/src.tar && diff -r {} {m}/tree",
+        src.display(),
+        src.display()
+    ));
+
+    // mv (atomic replace), ln, ln -s, chmod.
+    sh(&format!(
+        "echo old > {m}/a && echo new > {m}/b && mv {m}/b {m}/a && \
+         ln {m}/a {m}/hard && ln -s a {m}/soft && chmod 640 {m}/a"
+    ));
+    assert_eq!(std::fs::read_to_string(s.mnt.join("a")).unwrap(), "new\n");
+    assert!(!s.mnt.join("b").exists());
+    assert_eq!(std::fs::read_to_string(s.mnt.join("soft")).unwrap(), "new\n");
+    assert_eq!(std::fs::read_link(s.mnt.join("soft")).unwrap(), Path::new("a"));
+    let md = std::fs::metadata(s.mnt.join("hard")).unwrap();
+    assert_eq!(md.nlink(), 2);
+    assert_eq!(md.mode() & 0o7777, 0o640);
+    assert_eq!(md.ino(), std::fs::metadata(s.mnt.join("a")).unwrap().ino());
+    sh(&format!("mv {m}/tree {m}/tree2 && test -f {m}/tree2/lib.rs && rm -r {m}/tree2"));
+
+    // Extended attributes: user.* stored; the policy and id views.
+    sh(&format!("setfattr -n user.color -v blue {m}/a"));
+    assert!(sh_out(&format!("getfattr -n user.color --only-values {m}/a")) == "blue");
+    let id = sh_out(&format!("getfattr -n user.space.id --only-values {m}/a"));
+    assert!(uuid_like(&id), "{id}");
+    assert_eq!(std::fs::read(s.mnt.join(format!(".space/by-id/{id}"))).unwrap(), b"new\n");
+    sh(&format!("setfattr -n user.space.policy -v 'compression: none' {m}/in"));
+    let pol = sh_out(&format!("getfattr -n user.space.policy --only-values {m}/in"));
+    assert!(pol.contains("compression: none"), "{pol}");
+    let bad = Command::new("setfattr")
+        .args(["-n", "user.space.policy", "-v", "compresion: zstd"])
+        .arg(s.mnt.join("in"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success(), "an invalid policy must be refused");
+    let listed = sh_out(&format!("getfattr -d -m - {m}/a"));
+    assert!(listed.contains("user.color") && listed.contains("user.space.id"), "{listed}");
+    sh(&format!("setfattr -x user.color {m}/a"));
+
+    // /.space: raw view, stats; hidden from the root listing.
+    assert_eq!(std::fs::read(s.mnt.join(".space/raw/in/big")).unwrap(), std::fs::read(s.tmp.path().join("model")).unwrap());
+    let stats = std::fs::read_to_string(s.mnt.join(".space/stats")).unwrap();
+    for k in ["bytes_read:", "bytes_written:", "cache_hits:", "dedup_ratio:", "compression_ratio:", "wasm_calls:", "wasm_traps:", "wasm_timeouts:"] {
+        assert!(stats.contains(k), "{k} missing from stats:\n{stats}");
+    }
+    assert!(!sh_out(&format!("ls -a {m}")).contains(".space"));
+    assert!(std::fs::write(s.mnt.join(".space/stats"), b"x").is_err());
+    assert!(std::fs::write(s.mnt.join(".space/raw/a"), b"x").is_err());
+
+    // df shows the disk's figures.
+    let df = sh_out(&format!("df -k {m} | tail -1"));
+    let total: u64 = df.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(total > 0, "{df}");
+
+    // Everything is durable after unmount; the store is consistent.
+    let status = d.unmount();
+    assert!(status.success(), "spacefs exit status {status}");
+    let space = open(&s.store);
+    let n = space.resolve("/in/big").unwrap();
+    let mut got = Vec::new();
+    space.read_to(&n, space::space::View::Transformed, &mut got, &|_| {}).unwrap();
+    assert_eq!(got, std::fs::read(s.tmp.path().join("model")).unwrap());
+    let fsck = spacectl(&s.store, &["fsck"]);
+    assert!(fsck.status.success(), "fsck: {}", String::from_utf8_lossy(&fsck.stderr));
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+#[test]
+fn unlinked_open_files_keep_working_until_closed() {
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else { return };
+    if which("python3").is_none() {
+        return;
+    }
+    let m = s.mnt.display().to_string();
+    sh(&format!(
+        "python3 -c \"\
+import os
+f=open('{m}/tmp','w+b'); f.write(b'abc'*1000); f.flush()
+os.unlink('{m}/tmp')
+f.write(b'more'); f.flush(); os.fsync(f.fileno())
+f.seek(0); d=f.read()
+assert d==b'abc'*1000+b'more', len(d)
+g=open('{m}/keep','wb'); g.write(b'x'); h=open('{m}/keep2','wb'); h.write(b'y'); h.close()
+os.rename('{m}/keep2','{m}/keep')
+g.write(b'z'); g.flush(); g.seek(0)
+f.close(); g.close()
+assert open('{m}/keep','rb').read()==b'y'
+\""
+    ));
+    assert!(d.unmount().success());
+    let space = open(&s.store);
+    assert!(space.store.meta.orphans().unwrap().is_empty());
+    assert!(spacectl(&s.store, &["fsck"]).status.success());
+}
+
+#[test]
+fn spacectl_changes_show_up_within_the_attribute_timeout() {
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "attr_timeout=0.5") else { return };
+    write(&s.mnt.join("f"), b"mounted\n");
+    let src = s.tmp.path().join("v2");
+    write(&src, b"from spacectl, longer\n");
+    let o = spacectl(&s.store, &["put", src.to_str().unwrap(), "--as", "/f"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = spacectl(&s.store, &["put", src.to_str().unwrap(), "--as", "/new"]);
+    assert!(o.status.success());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(std::fs::read(s.mnt.join("f")).unwrap(), b"from spacectl, longer\n");
+    assert_eq!(std::fs::read(s.mnt.join("new")).unwrap(), b"from spacectl, longer\n");
+    drop(d);
+}
+
+#[test]
+fn sigterm_commits_and_unmounts() {
+    let s = scratch();
+    let Some(mut d) = Daemon::start(&s.store, &s.mnt, "") else { return };
+    write(&s.mnt.join("f"), b"before the signal");
+    unsafe { libc::kill(d.pid() as i32, libc::SIGTERM) };
+    let mut child = d.child.take().unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&s.mnt));
+    let space = open(&s.store);
+    assert_eq!(space.read_all(&space.resolve("/f").unwrap(), space::space::View::Raw).unwrap(), b"before the signal");
+}
+
+#[test]
+fn background_mode_returns_when_ready() {
+    let s = scratch();
+    if !fuse_available() {
+        return;
+    }
+    let o = Command::new(spacefs_bin()).arg(&s.store).arg(&s.mnt).output().unwrap();
+    if !o.status.success() {
+        let msg = format!("spacefs (background) failed: {}", String::from_utf8_lossy(&o.stderr));
+        if in_ci() {
+            panic!("{msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    // The mount is ready as soon as the command returns.
+    assert!(is_mounted(&s.mnt));
+    write(&s.mnt.join("x"), b"hello");
+    unmount(&s.mnt);
+    assert!(!is_mounted(&s.mnt));
+    // A bad store is reported by the command itself, with a non-zero status.
+    let o = Command::new(spacefs_bin()).arg(s.tmp.path()).arg(&s.mnt).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot open store"));
+}
+
+#[test]
+fn mount_dash_t_fuse_spacefs() {
+    let s = scratch();
+    if !fuse_available() || which("mount.fuse3").is_none() && which("mount.fuse").is_none() {
+        return;
+    }
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let bin_dir = Path::new(spacefs_bin()).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let o = Command::new("mount")
+        .args(["-t", "fuse.spacefs"])
+        .arg(&s.store)
+        .arg(&s.mnt)
+        .args(["-o", "allow_other,noatime"])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount -t fuse.spacefs: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(is_mounted(&s.mnt));
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(mounts.lines().any(|l| l.contains("fuse.spacefs") && l.contains(s.mnt.to_str().unwrap())), "{mounts}");
+    write(&s.mnt.join("x"), b"via mount(8)");
+    let o = Command::new("umount").arg(&s.mnt).output().unwrap();
+    assert!(o.status.success(), "umount: {}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(300));
+    let space = open(&s.store);
+    assert_eq!(space.read_all(&space.resolve("/x").unwrap(), space::space::View::Raw).unwrap(), b"via mount(8)");
+}
