@@ -22,6 +22,12 @@ pub fn run(cli: &Cli) -> Result<i32> {
             action: super::KeyAction::Gen { out },
         } => super::wasm_commands::key_gen(out),
         Command::Transform { action } => super::wasm_commands::transform(cli, action),
+        Command::Mount {
+            mountpoint,
+            options,
+            foreground,
+        } => mount(cli, mountpoint, options.as_deref(), *foreground),
+        Command::Umount { mountpoint } => umount(mountpoint),
         Command::Policy {
             action: PolicyAction::Check { file },
         } => {
@@ -161,7 +167,9 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
         Command::Module { action } => super::wasm_commands::module(space, action),
         Command::Key { action } => super::wasm_commands::key(space, action),
         Command::Config { action } => super::wasm_commands::config(space, action),
-        Command::Transform { .. } => unreachable!("handled before opening"),
+        Command::Transform { .. } | Command::Mount { .. } | Command::Umount { .. } => {
+            unreachable!("handled before opening")
+        }
     }
 }
 
@@ -431,4 +439,47 @@ fn stats(space: &Space) -> Result<i32> {
         ratio(s.logical_bytes, s.stored_bytes)
     );
     Ok(0)
+}
+
+/// The spacefs binary: beside this one (same build), else from PATH.
+fn spacefs_binary() -> std::path::PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("spacefs")))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "spacefs".into())
+}
+
+fn mount(cli: &Cli, mountpoint: &Path, options: Option<&str>, foreground: bool) -> Result<i32> {
+    let store = cli.store_dir()?;
+    let mut cmd = std::process::Command::new(spacefs_binary());
+    cmd.arg(&store).arg(mountpoint);
+    let mut opts: Vec<String> = options.map(|o| o.split(',').map(String::from).collect()).unwrap_or_default();
+    if let Some(p) = &cli.passphrase_file {
+        opts.push(format!("passphrase_file={}", p.display()));
+    }
+    if let Some(k) = &cli.key_file {
+        opts.push(format!("key_file={}", k.display()));
+    }
+    if !opts.is_empty() {
+        cmd.arg("-o").arg(opts.join(","));
+    }
+    if foreground {
+        cmd.arg("-f");
+    }
+    let status = cmd.status().context("running spacefs")?;
+    Ok(status.code().unwrap_or(1))
+}
+
+fn umount(mountpoint: &Path) -> Result<i32> {
+    // fusermount3 works for unprivileged users; umount(8) for root when it is missing.
+    for (prog, args) in [("fusermount3", vec!["-u"]), ("umount", vec![])] {
+        match std::process::Command::new(prog).args(&args).arg(mountpoint).status() {
+            Ok(s) if s.success() => return Ok(0),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).context(format!("running {prog}")),
+        }
+    }
+    Err(anyhow!("could not unmount {}", mountpoint.display()))
 }

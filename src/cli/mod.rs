@@ -120,6 +120,18 @@ pub enum Command {
         #[command(subcommand)]
         action: TransformAction,
     },
+    /// Mount the store with spacefs (same as `spacefs STORE MOUNTPOINT -o ...`).
+    Mount {
+        mountpoint: PathBuf,
+        /// Mount options, as for spacefs -o (e.g. allow_other,ro).
+        #[arg(short = 'o', value_name = "OPTIONS")]
+        options: Option<String>,
+        /// Stay in the foreground.
+        #[arg(short, long)]
+        foreground: bool,
+    },
+    /// Unmount a spacefs mount (pending writes are committed first).
+    Umount { mountpoint: PathBuf },
     /// Show or change store settings (require_signatures, chunk_cache_bytes).
     Config {
         #[command(subcommand)]

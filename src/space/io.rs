@@ -62,6 +62,18 @@ impl Space {
             .map_err(|e| SpaceError::Transform(format!("{what}: {e}")))
     }
 
+    /// Checks that a policy's chains can be opened (modules found, verified, compiled, args
+    /// accepted), so a bad policy is refused when attached rather than on the first read.
+    pub fn check_policy(&self, policy: &Policy) -> Result<()> {
+        for trigger in [crate::policy::Trigger::OnRead, crate::policy::Trigger::OnWrite] {
+            let specs: Vec<TransformSpec> = policy.transform.iter().filter(|t| t.trigger == trigger).cloned().collect();
+            if !specs.is_empty() {
+                self.open_chain(&specs, "policy")?;
+            }
+        }
+        Ok(())
+    }
+
     /// Stores `input` at `dest` atomically: the capsule is created, or gets a new version, in
     /// one metadata transaction after every chunk is durable. A failure stores nothing.
     pub fn put(
@@ -92,6 +104,9 @@ impl Space {
                 None => Policy::default(),
             },
         };
+        if opts.policy.is_some() {
+            self.check_policy(&policy)?;
+        }
         let what = format!("capsule {}", super::display_path(dest));
         let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
         let mut transformed;

@@ -8,6 +8,9 @@ use crate::store::meta::{NewNode, Node, NodeKind};
 impl Space {
     /// Creates a directory (and, with `parents`, missing ancestors; existing ones are fine).
     pub fn mkdir(&self, path: &str, parents: bool, policy: Option<&Policy>) -> Result<Node> {
+        if let Some(p) = policy {
+            self.check_policy(p)?;
+        }
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let new = |p: Option<&Policy>| NewNode {
             kind: NodeKind::Dir,
@@ -154,6 +157,9 @@ impl Space {
     /// Changing a capsule's on-write chain does not rewrite bytes already stored.
     pub fn set_policy(&self, path: &str, policy: Option<&Policy>) -> Result<Node> {
         let node = self.resolve(path)?;
+        if let Some(p) = policy {
+            self.check_policy(p)?;
+        }
         self.store
             .meta
             .set_policy(node.ino, policy.map(|p| p.to_yaml()).as_deref())
