@@ -454,7 +454,9 @@ fn mount(cli: &Cli, mountpoint: &Path, options: Option<&str>, foreground: bool) 
     let store = cli.store_dir()?;
     let mut cmd = std::process::Command::new(spacefs_binary());
     cmd.arg(&store).arg(mountpoint);
-    let mut opts: Vec<String> = options.map(|o| o.split(',').map(String::from).collect()).unwrap_or_default();
+    let mut opts: Vec<String> = options
+        .map(|o| o.split(',').map(String::from).collect())
+        .unwrap_or_default();
     if let Some(p) = &cli.passphrase_file {
         opts.push(format!("passphrase_file={}", p.display()));
     }
@@ -474,7 +476,11 @@ fn mount(cli: &Cli, mountpoint: &Path, options: Option<&str>, foreground: bool) 
 fn umount(mountpoint: &Path) -> Result<i32> {
     // fusermount3 works for unprivileged users; umount(8) for root when it is missing.
     for (prog, args) in [("fusermount3", vec!["-u"]), ("umount", vec![])] {
-        match std::process::Command::new(prog).args(&args).arg(mountpoint).status() {
+        match std::process::Command::new(prog)
+            .args(&args)
+            .arg(mountpoint)
+            .status()
+        {
             Ok(s) if s.success() => return Ok(0),
             Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 
 use rand::RngCore;
 
-use crate::crypto::{DataKeys, NONCE_LEN, ct_eq};
+use crate::crypto::{DataKeys, NONCE_LEN, TAG_LEN, ct_eq};
 use crate::policy::{CompressionAlgorithm, Policy};
 use crate::store::ChunkId;
 
@@ -64,6 +64,7 @@ pub enum DecodeError {
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static PROBE_CTX: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
@@ -114,8 +115,14 @@ fn maybe_compress(level: i32, plain: &[u8]) -> Option<Vec<u8>> {
         }
         let (_, comp) = c.as_mut()?;
         if plain.len() > 4 * PROBE {
-            let probe = zstd::bulk::compress(&plain[..PROBE], 1).ok()?;
-            if probe.len() * 100 > PROBE * 97 {
+            let probe_len = PROBE_CTX.with(|p| {
+                let mut p = p.borrow_mut();
+                if p.is_none() {
+                    *p = zstd::bulk::Compressor::new(1).ok();
+                }
+                p.as_mut()?.compress(&plain[..PROBE]).ok().map(|v| v.len())
+            })?;
+            if probe_len * 100 > PROBE * 97 {
                 return None;
             }
         }
@@ -152,24 +159,27 @@ pub fn encode(
     if let Some(salt) = salt {
         header.extend_from_slice(salt);
     }
-    let body = compressed.unwrap_or_else(|| plain.to_vec());
     if !s.encrypt {
-        header.extend_from_slice(&body);
+        header.extend_from_slice(compressed.as_deref().unwrap_or(plain));
         return header;
     }
     let mut aad = header.clone();
     aad.extend_from_slice(&id.0);
-    let mut sealed = body;
-    let nonce = keys.seal(&aad, &mut sealed);
+    // One buffer: header ‖ nonce ‖ body, sealed in place, then the tag appended.
+    let body: &[u8] = compressed.as_deref().unwrap_or(plain);
     let mut out = header;
-    out.reserve(NONCE_LEN + sealed.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&sealed);
+    let nonce_at = out.len();
+    out.reserve(NONCE_LEN + body.len() + TAG_LEN);
+    out.extend_from_slice(&[0u8; NONCE_LEN]);
+    out.extend_from_slice(body);
+    let (nonce, tag) = keys.seal_detached(&aad, &mut out[nonce_at + NONCE_LEN..]);
+    out[nonce_at..nonce_at + NONCE_LEN].copy_from_slice(&nonce);
+    out.extend_from_slice(&tag);
     out
 }
 
 /// Authenticates, decrypts, decompresses and verifies an object; never returns wrong bytes.
-pub fn decode(keys: &DataKeys, id: &ChunkId, object: &[u8]) -> Result<Vec<u8>, DecodeError> {
+pub fn decode(keys: &DataKeys, id: &ChunkId, mut object: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
     if object.len() < FIXED_HEADER || &object[..4] != MAGIC {
         return Err(DecodeError::Malformed("bad magic or too short"));
     }
@@ -192,22 +202,29 @@ pub fn decode(keys: &DataKeys, id: &ChunkId, object: &[u8]) -> Result<Vec<u8>, D
     } else {
         None
     };
-    let header = &object[..pos];
-    let body = if flags & FLAG_ENCRYPTED != 0 {
+    let body_start;
+    if flags & FLAG_ENCRYPTED != 0 {
         let nonce: [u8; NONCE_LEN] = object
             .get(pos..pos + NONCE_LEN)
             .ok_or(DecodeError::Malformed("truncated nonce"))?
             .try_into()
             .unwrap();
-        let mut aad = header.to_vec();
+        body_start = pos + NONCE_LEN;
+        if object.len() < body_start + TAG_LEN {
+            return Err(DecodeError::Malformed("truncated ciphertext"));
+        }
+        let mut aad = object[..pos].to_vec();
         aad.extend_from_slice(&id.0);
-        let mut buf = object[pos + NONCE_LEN..].to_vec();
-        keys.open(&nonce, &aad, &mut buf)
+        let n = keys
+            .open_in_place(&nonce, &aad, &mut object[body_start..])
             .map_err(|_| DecodeError::Auth)?;
-        buf
+        object.truncate(body_start + n);
     } else {
-        object[pos..].to_vec()
-    };
+        body_start = pos;
+    }
+    // Decrypted in place: drop the header so the buffer becomes the body (no new allocation).
+    object.drain(..body_start);
+    let body = object;
     let plain = if flags & FLAG_ZSTD != 0 {
         DECOMPRESSOR.with(|d| {
             let mut d = d.borrow_mut();
@@ -269,16 +286,16 @@ mod tests {
             let salt = new_salt(s);
             let id = chunk_id(&keys, s, &data, salt.as_ref());
             let obj = encode(&keys, s, &id, &data, salt.as_ref());
-            assert_eq!(decode(&keys, &id, &obj).unwrap(), data, "{s:?}");
+            assert_eq!(decode(&keys, &id, obj.clone()).unwrap(), data, "{s:?}");
             for i in (0..obj.len()).step_by(97) {
                 let mut t = obj.clone();
                 t[i] ^= 0x10;
                 assert!(
-                    decode(&keys, &id, &t).is_err(),
+                    decode(&keys, &id, t).is_err(),
                     "flip at {i} undetected for {s:?}"
                 );
             }
-            assert!(decode(&keys, &id, &obj[..obj.len() - 1]).is_err());
+            assert!(decode(&keys, &id, obj[..obj.len() - 1].to_vec()).is_err());
         }
     }
 

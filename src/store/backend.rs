@@ -5,10 +5,9 @@ use crate::store::ChunkId;
 
 /// Content-addressed object storage for sealed chunks.
 ///
-/// Durability contract: after `put` returns, the object's bytes are on stable storage; after
-/// `sync` returns, every earlier `put`'s *name* is too (directory entries). The metadata commit
-/// that references an object happens only after both, so a crash never leaves a committed
-/// reference to a missing or partial object.
+/// Durability contract: after `sync` returns, every object of an earlier `put` — bytes and
+/// name — is on stable storage. The metadata commit that references an object happens only
+/// after that, so a crash never leaves a committed reference to a missing or partial object.
 pub trait ChunkBackend: Send + Sync {
     /// Stores an object under `id`, replacing any leftover (uncommitted) object with that name.
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> std::io::Result<()>;

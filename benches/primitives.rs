@@ -1,0 +1,61 @@
+//! Throughput of the data-path primitives on this machine (one core each), so the store's
+//! numbers can be read against what its parts can do: `cargo bench --bench primitives`.
+
+use std::time::Instant;
+
+use space::crypto::{DataKeys, MasterKey};
+use space::pipeline::chunk_codec::{self, EncodeSettings};
+use space::store::ChunkId;
+
+fn rate(name: &str, bytes: usize, f: impl Fn()) {
+    f();
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{name:<40} {:>8.0} MB/s",
+        (bytes * reps) as f64 / secs / 1e6
+    );
+}
+
+fn main() {
+    let keys = DataKeys::new(&MasterKey::generate());
+    let n = 16 << 20;
+    let data: Vec<u8> = (0..n)
+        .map(|i| ((i as u64).wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8)
+        .collect();
+    let chunk = &data[..256 * 1024];
+    rate("memcpy 256 KiB", chunk.len(), || {
+        std::hint::black_box(chunk.to_vec());
+    });
+    rate("chunk id (HMAC-SHA256) 256 KiB", chunk.len(), || {
+        std::hint::black_box(keys.chunk_id(2, chunk));
+    });
+    let mut buf = chunk.to_vec();
+    rate("AES-256-GCM seal 256 KiB (in place)", chunk.len(), || {
+        let mut b = std::mem::take(&mut buf.clone());
+        std::hint::black_box(keys.seal(b"aad", &mut b));
+    });
+    buf.clear();
+    rate("FastCDC 16 MiB", n, || {
+        let c = fastcdc::v2020::FastCDC::new(&data, 64 * 1024, 256 * 1024, 1024 * 1024);
+        std::hint::black_box(c.count());
+    });
+    let s = EncodeSettings {
+        zstd_level: Some(3),
+        encrypt: true,
+        dedup: true,
+    };
+    let id = chunk_codec::chunk_id(&keys, s, chunk, None);
+    rate("encode (id+probe+seal) 256 KiB", chunk.len(), || {
+        std::hint::black_box(chunk_codec::encode(&keys, s, &id, chunk, None));
+    });
+    let obj = chunk_codec::encode(&keys, s, &id, chunk, None);
+    rate("decode (open+verify) 256 KiB", chunk.len(), || {
+        std::hint::black_box(chunk_codec::decode(&keys, &id, obj.clone()).unwrap());
+    });
+    let _ = ChunkId([0; 32]);
+}
