@@ -87,10 +87,13 @@ pub fn load_chunk(store: &Store, id: &ChunkId, context: &dyn Fn() -> String) -> 
             SpaceError::io(format!("{}: reading chunk {id}", context()), e)
         }
     })?;
-    chunk_codec::decode(&store.keys, id, object).map_err(|e| SpaceError::Integrity {
-        context: context(),
-        chunk: *id,
-        reason: e.to_string(),
+    chunk_codec::decode(&store.keys, id, object).map_err(|e| {
+        log::error!("{}: chunk {id} failed verification: {e}", context());
+        SpaceError::Integrity {
+            context: context(),
+            chunk: *id,
+            reason: e.to_string(),
+        }
     })
 }
 

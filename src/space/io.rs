@@ -65,8 +65,16 @@ impl Space {
     /// Checks that a policy's chains can be opened (modules found, verified, compiled, args
     /// accepted), so a bad policy is refused when attached rather than on the first read.
     pub fn check_policy(&self, policy: &Policy) -> Result<()> {
-        for trigger in [crate::policy::Trigger::OnRead, crate::policy::Trigger::OnWrite] {
-            let specs: Vec<TransformSpec> = policy.transform.iter().filter(|t| t.trigger == trigger).cloned().collect();
+        for trigger in [
+            crate::policy::Trigger::OnRead,
+            crate::policy::Trigger::OnWrite,
+        ] {
+            let specs: Vec<TransformSpec> = policy
+                .transform
+                .iter()
+                .filter(|t| t.trigger == trigger)
+                .cloned()
+                .collect();
             if !specs.is_empty() {
                 self.open_chain(&specs, "policy")?;
             }
@@ -231,6 +239,10 @@ impl Space {
             })?;
             return Ok(read);
         }
+        log::debug!(
+            "reading {what} through {} on-read transform(s)",
+            chain.len()
+        );
         let mut t = self.open_chain(&chain, &what)?;
         let mut buf = Vec::new();
         let fail =

@@ -59,6 +59,7 @@ impl Space {
                     }
                 }
                 Err(SpaceError::Integrity { reason, .. }) => {
+                    log::error!("fsck: chunk {} is damaged: {reason}", row.id);
                     report
                         .bad_chunks
                         .push((row.id, reason, self.referrer_names(&row.id)));
@@ -130,6 +131,13 @@ impl Space {
                 report.orphans_removed += 1;
             }
         }
+        log::info!(
+            "gc: removed {} chunks ({} bytes), {} orphans, {} temporaries",
+            report.chunks_removed,
+            report.bytes_freed,
+            report.orphans_removed,
+            report.temporaries_removed
+        );
         Ok(report)
     }
 }

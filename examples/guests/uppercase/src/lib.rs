@@ -12,8 +12,43 @@
 /// a pure select-free arithmetic map, which is what the auto-vectorizer
 /// recognizes reliably.
 pub fn uppercase(data: &mut [u8]) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let data = simd::uppercase_blocks(data);
+    scalar(data);
+}
+
+/// One byte at a time: the tail (and every byte on targets without SIMD).
+fn scalar(data: &mut [u8]) {
     for b in data.iter_mut() {
-        *b -= 32 * ((b'a' <= *b && *b <= b'z') as u8);
+        *b ^= ((b.wrapping_sub(b'a') < 26) as u8) << 5;
+    }
+}
+
+/// 64 bytes per iteration with explicit v128 operations: auto-vectorization of the scalar loop
+/// reached only ~0.4x native, this ~0.6x (benches/wasm.rs).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use core::arch::wasm32::*;
+
+    /// Uppercases whole 64-byte blocks; returns the unprocessed tail.
+    pub fn uppercase_blocks(data: &mut [u8]) -> &mut [u8] {
+        let a = u8x16_splat(b'a');
+        let n26 = u8x16_splat(26);
+        let bit = u8x16_splat(0x20);
+        let (blocks, tail) = data.as_chunks_mut::<64>();
+        for block in blocks {
+            let p = block.as_mut_ptr() as *mut v128;
+            for i in 0..4 {
+                // SAFETY: p.add(i) stays within the 64-byte block; v128 loads/stores in wasm
+                // have no alignment requirement.
+                unsafe {
+                    let v = v128_load(p.add(i));
+                    let lower = u8x16_lt(u8x16_sub(v, a), n26);
+                    v128_store(p.add(i), v128_xor(v, v128_and(lower, bit)));
+                }
+            }
+        }
+        tail
     }
 }
 
