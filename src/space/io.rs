@@ -82,6 +82,33 @@ impl Space {
         Ok(())
     }
 
+    /// Runs `input` through the policy's on-write chain (if any) and the write path. The
+    /// caller holds the store lock and commits the returned content.
+    fn write_through_policy(
+        &self,
+        input: &mut dyn Read,
+        policy: &Policy,
+        what: &str,
+        progress: &dyn Fn(u64),
+    ) -> Result<(Content, WriteReport)> {
+        let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
+        let mut transformed;
+        let input: &mut dyn Read = if chain.is_empty() {
+            input
+        } else {
+            transformed =
+                TransformReader::new(input, self.open_chain(&chain, what)?, TRANSFORM_PIECE);
+            &mut transformed
+        };
+        write_stream(
+            &self.store,
+            input,
+            policy.chunking,
+            EncodeSettings::from(policy),
+            progress,
+        )
+    }
+
     /// Stores `input` at `dest` atomically: the capsule is created, or gets a new version, in
     /// one metadata transaction after every chunk is durable. A failure stores nothing.
     pub fn put(
@@ -116,27 +143,13 @@ impl Space {
             self.check_policy(&policy)?;
         }
         let what = format!("capsule {}", super::display_path(dest));
-        let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
-        let mut transformed;
-        let input: &mut dyn Read = if chain.is_empty() {
-            input
-        } else {
-            transformed =
-                TransformReader::new(input, self.open_chain(&chain, &what)?, TRANSFORM_PIECE);
-            &mut transformed
-        };
         let _guard = self.store.lock(LockMode::Shared)?;
-        let (content, report) = write_stream(
-            &self.store,
-            input,
-            policy.chunking,
-            EncodeSettings::from(&policy),
-            progress,
-        )
-        .map_err(|e| match e {
-            SpaceError::Transform(m) => SpaceError::Transform(format!("{what}: {m}")),
-            other => other,
-        })?;
+        let (content, report) = self
+            .write_through_policy(input, &policy, &what, progress)
+            .map_err(|e| match e {
+                SpaceError::Transform(m) => SpaceError::Transform(format!("{what}: {m}")),
+                other => other,
+            })?;
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let new = NewNode {
             kind: NodeKind::File,
@@ -172,23 +185,8 @@ impl Space {
     ) -> Result<(Node, WriteReport)> {
         let policy = self.policy_of(node)?;
         let what = self.describe(node);
-        let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
-        let mut transformed;
-        let input: &mut dyn Read = if chain.is_empty() {
-            input
-        } else {
-            transformed =
-                TransformReader::new(input, self.open_chain(&chain, &what)?, TRANSFORM_PIECE);
-            &mut transformed
-        };
         let _guard = self.store.lock(LockMode::Shared)?;
-        let (content, report) = write_stream(
-            &self.store,
-            input,
-            policy.chunking,
-            EncodeSettings::from(&policy),
-            &|_| {},
-        )?;
+        let (content, report) = self.write_through_policy(input, &policy, &what, &|_| {})?;
         let node = self
             .store
             .meta

@@ -67,22 +67,27 @@ pub struct SqliteMeta {
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
-    let uuid: Vec<u8> = r.get(1)?;
+    node_from_row_at(r, 0)
+}
+
+/// A node from columns `NODE_COLS` starting at column `at`.
+fn node_from_row_at(r: &Row, at: usize) -> rusqlite::Result<Node> {
+    let uuid: Vec<u8> = r.get(at + 1)?;
     Ok(Node {
-        ino: r.get::<_, i64>(0)? as u64,
+        ino: r.get::<_, i64>(at)? as u64,
         uuid: Uuid::from_slice(&uuid).unwrap_or_default(),
-        kind: NodeKind::from_i64(r.get(2)?).unwrap_or(NodeKind::File),
-        mode: r.get::<_, i64>(3)? as u32,
-        uid: r.get::<_, i64>(4)? as u32,
-        gid: r.get::<_, i64>(5)? as u32,
-        size: r.get::<_, i64>(6)? as u64,
-        atime: r.get(7)?,
-        mtime: r.get(8)?,
-        ctime: r.get(9)?,
-        nlink: r.get::<_, i64>(10)? as u32,
-        version: r.get::<_, i64>(11)? as u64,
-        policy: r.get(12)?,
-        target: r.get(13)?,
+        kind: NodeKind::from_i64(r.get(at + 2)?).unwrap_or(NodeKind::File),
+        mode: r.get::<_, i64>(at + 3)? as u32,
+        uid: r.get::<_, i64>(at + 4)? as u32,
+        gid: r.get::<_, i64>(at + 5)? as u32,
+        size: r.get::<_, i64>(at + 6)? as u64,
+        atime: r.get(at + 7)?,
+        mtime: r.get(at + 8)?,
+        ctime: r.get(at + 9)?,
+        nlink: r.get::<_, i64>(at + 10)? as u32,
+        version: r.get::<_, i64>(at + 11)? as u64,
+        policy: r.get(at + 12)?,
+        target: r.get(at + 13)?,
     })
 }
 
@@ -380,30 +385,7 @@ impl MetaStore for SqliteMeta {
                 "SELECT d.name, {} FROM dentries d JOIN nodes n ON n.ino=d.ino WHERE d.parent=?1 ORDER BY d.name",
                 NODE_COLS.split(", ").map(|col| format!("n.{col}")).collect::<Vec<_>>().join(", ")
             ))?;
-            let rows = st.query_map([dir as i64], |r| {
-                let name: Vec<u8> = r.get(0)?;
-                // Shift columns by one: node_from_row expects ino at index 0.
-                let uuid: Vec<u8> = r.get(2)?;
-                Ok((
-                    name,
-                    Node {
-                        ino: r.get::<_, i64>(1)? as u64,
-                        uuid: Uuid::from_slice(&uuid).unwrap_or_default(),
-                        kind: NodeKind::from_i64(r.get(3)?).unwrap_or(NodeKind::File),
-                        mode: r.get::<_, i64>(4)? as u32,
-                        uid: r.get::<_, i64>(5)? as u32,
-                        gid: r.get::<_, i64>(6)? as u32,
-                        size: r.get::<_, i64>(7)? as u64,
-                        atime: r.get(8)?,
-                        mtime: r.get(9)?,
-                        ctime: r.get(10)?,
-                        nlink: r.get::<_, i64>(11)? as u32,
-                        version: r.get::<_, i64>(12)? as u64,
-                        policy: r.get(13)?,
-                        target: r.get(14)?,
-                    },
-                ))
-            })?;
+            let rows = st.query_map([dir as i64], |r| Ok((r.get::<_, Vec<u8>>(0)?, node_from_row_at(r, 1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
