@@ -25,11 +25,10 @@ const THREADS: usize = 8;
 pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
     let mut c = Config::default();
     let mut m = vec![
-        MountOption::FSName(
-            opts.fsname
-                .clone()
-                .unwrap_or_else(|| store.display().to_string()),
-        ),
+        MountOption::FSName(opts.fsname.clone().unwrap_or_else(|| {
+            let canon = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
+            canon.display().to_string()
+        })),
         MountOption::Subtype("spacefs".into()),
         // Permission checks by the kernel on mode bits, always (docs/SEMANTICS.md).
         MountOption::DefaultPermissions,
@@ -315,7 +314,7 @@ fn run(line: CmdLine) -> Result<(), String> {
 pub fn main() -> i32 {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let line = match options::parse_args(&args) {
-        Ok(Parsed::Mount(l)) => l,
+        Ok(Parsed::Mount(l)) => *l,
         Ok(Parsed::Help) => {
             print!("{}", options::USAGE);
             return 0;

@@ -164,19 +164,9 @@ impl SpaceFs {
                         keep_cache: false,
                     });
                 }
-                if write && chains.on_write {
-                    let mut st = lock(&inode.state);
-                    if st.buf.is_none() && st.node.size > 0 {
-                        drop(st);
-                        let r = self.ensure_buffer(&mut lock(&inode.state)).map(|_| ());
-                        if let Err(e) = r {
-                            self.unacquire(&inode);
-                            return Err(e);
-                        }
-                    } else {
-                        self.ensure_buffer(&mut st)?;
-                    }
-                }
+                // A capsule with an on-write chain may be opened for writing, but only a whole
+                // rewrite is accepted: the first write fails with EPERM unless the content was
+                // truncated to 0 first (O_TRUNC does that) — see `ensure_buffer`.
                 let direct_io = chains.on_read || chains.on_write;
                 let keep_cache = !direct_io && {
                     let mut cv = lock(&self.cached_versions);
@@ -345,6 +335,7 @@ impl SpaceFs {
         }
         st.dirty = true;
         st.mtime = Some(Self::now());
+        st.changed = st.mtime;
         Stats::inc(&self.stats.write_requests);
         Stats::add(&self.stats.bytes_written, data.len() as u64);
         Ok(data.len() as u32)
@@ -396,6 +387,7 @@ impl SpaceFs {
         st.node = node;
         st.dirty = false;
         st.mtime = None;
+        st.changed = None;
         if !st.on_write {
             st.buf = None;
         }
@@ -468,6 +460,7 @@ impl SpaceFs {
                 .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
             st.dirty = true;
             st.mtime = Some(Self::now());
+            st.changed = st.mtime;
             Ok(())
         };
         if let Some(open) = self.open_inode(ino) {

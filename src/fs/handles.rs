@@ -29,6 +29,8 @@ pub(crate) struct InodeState {
     pub dirty: bool,
     /// Time of the last write (what `stat` shows until the commit).
     pub mtime: Option<TimeNs>,
+    /// Time of the last uncommitted change (write or truncate): the ctime `stat` shows.
+    pub changed: Option<TimeNs>,
     /// An mtime set explicitly (utimens) while dirty: re-applied after the commit.
     pub mtime_override: Option<TimeNs>,
     pub on_write: bool,
@@ -46,6 +48,7 @@ impl OpenInode {
                 buf: None,
                 dirty: false,
                 mtime: None,
+                changed: None,
                 mtime_override: None,
                 on_write,
                 handles: 0,

@@ -74,18 +74,25 @@ impl SpaceFs {
     pub(crate) fn node_attr(&self, node: &Node) -> Attr {
         let mut size = node.size;
         let mut mtime = node.mtime;
+        let mut ctime = node.ctime;
         if node.kind == NodeKind::File {
             let open = self.open_inode(node.ino);
             let dirty = open.as_ref().and_then(|o| {
                 let st = lock(&o.state);
-                st.buf
-                    .as_ref()
-                    .map(|b| (b.size(), if st.dirty { st.mtime } else { None }))
+                let times = if st.dirty {
+                    (st.mtime, st.changed)
+                } else {
+                    (None, None)
+                };
+                st.buf.as_ref().map(|b| (b.size(), times))
             });
-            if let Some((s, m)) = dirty {
+            if let Some((s, (m, c))) = dirty {
                 size = s;
                 if let Some(m) = m {
                     mtime = m;
+                }
+                if let Some(c) = c {
+                    ctime = ctime.max(c);
                 }
             } else if self.chains(node).on_read {
                 // Unknown until a stream reached the end: 0 makes `tail`, `cp`, … read to EOF
@@ -102,7 +109,7 @@ impl SpaceFs {
             blocks: node.size.div_ceil(512),
             atime: node.atime,
             mtime,
-            ctime: node.ctime,
+            ctime,
             kind: node.kind.into(),
             perm: (node.mode & 0o7777) as u16,
             nlink: node.nlink,

@@ -56,7 +56,7 @@ pub struct CmdLine {
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
-    Mount(CmdLine),
+    Mount(Box<CmdLine>),
     Help,
     Version,
 }
@@ -169,7 +169,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, String> {
         [store, mnt] => {
             line.store = store.into();
             line.mountpoint = mnt.into();
-            Ok(Parsed::Mount(line))
+            Ok(Parsed::Mount(Box::new(line)))
         }
         _ => Err(format!(
             "expected STORE and MOUNTPOINT, got {} argument(s)\n{USAGE}",
@@ -184,7 +184,7 @@ mod tests {
 
     fn mount(args: &[&str]) -> CmdLine {
         match parse_args(args).unwrap() {
-            Parsed::Mount(c) => c,
+            Parsed::Mount(c) => *c,
             other => panic!("{other:?}"),
         }
     }

@@ -16,7 +16,9 @@ use space::fs::{FsOptions, SpaceFs};
 use space::store::{InitOptions, Store, Unlock};
 
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false)
 }
 
 /// Whether FUSE mounts can work here; prints why not (or panics under CI).
@@ -63,10 +65,15 @@ pub fn scratch() -> Scratch {
 }
 
 pub fn is_mounted(mnt: &Path) -> bool {
-    let Ok(canon) = mnt.canonicalize() else { return false };
+    let Ok(canon) = mnt.canonicalize() else {
+        return false;
+    };
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines().any(|l| {
-        l.split(' ').nth(4).map(|p| Path::new(p) == canon).unwrap_or(false)
+        l.split(' ')
+            .nth(4)
+            .map(|p| Path::new(p) == canon)
+            .unwrap_or(false)
     })
 }
 
@@ -103,8 +110,11 @@ impl Daemon {
         if !opts.is_empty() {
             cmd.arg("-o").arg(opts);
         }
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdin(Stdio::null());
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
         let mut child = cmd.spawn().expect("spawn spacefs");
         let ok = wait_for("the mount", Duration::from_secs(20), || {
             is_mounted(mnt) || child.try_wait().ok().flatten().is_some()
@@ -119,7 +129,10 @@ impl Daemon {
             eprintln!("SKIPPED: {msg}");
             return None;
         }
-        Some(Daemon { child: Some(child), mnt: mnt.to_path_buf() })
+        Some(Daemon {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -173,7 +186,12 @@ pub fn unmount(mnt: &Path) {
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
-            || Command::new("umount").arg(mnt).stderr(Stdio::null()).status().map(|s| s.success()).unwrap_or(false);
+            || Command::new("umount")
+                .arg(mnt)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
         if ok || !is_mounted(mnt) {
             return;
         }
@@ -182,7 +200,11 @@ pub fn unmount(mnt: &Path) {
 }
 
 pub fn force_unmount(mnt: &Path) {
-    let _ = Command::new("umount").arg("-l").arg(mnt).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// An in-process mount of `space` (used to install test transform factories).
@@ -198,7 +220,11 @@ pub fn mount_in_process(space: Space, mnt: &Path, fs_opts: FsOptions) -> Option<
     }
     let fs = Arc::new(SpaceFs::new(space, fs_opts).expect("SpaceFs::new"));
     match space::fs::daemon::mount_in_background(Arc::clone(&fs), mnt, &MountOptions::default()) {
-        Ok(session) => Some(InProcess { session: Some(session), fs, mnt: mnt.to_path_buf() }),
+        Ok(session) => Some(InProcess {
+            session: Some(session),
+            fs,
+            mnt: mnt.to_path_buf(),
+        }),
         Err(e) if in_ci() => panic!("mount failed under CI: {e}"),
         Err(e) => {
             eprintln!("SKIPPED: mount failed: {e}");
@@ -224,7 +250,11 @@ pub fn open(store: &Path) -> Space {
 
 /// Runs a shell command; panics with its output if it fails.
 pub fn sh(cmd: &str) -> Output {
-    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     assert!(
         o.status.success(),
         "`{cmd}` failed ({}):\nstdout: {}\nstderr: {}",

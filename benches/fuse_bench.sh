@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# spacefs vs gocryptfs, side by side on the same disk (not a timed test; run by hand as root):
+#   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096)
+# Measures: sequential write and read of SIZE_MIB of incompressible data, random 4 KiB reads,
+# create + read of SMALL_FILES small files, identity on-read chain vs no chain (needs a WASM
+# runtime in spacefs and IDENTITY_WASM=/abs/identity.wasm), and daemon RSS while streaming a
+# BIG_MIB capsule through a transform. Page cache is dropped before every read phase.
+# Prints a Markdown table (ratios are SPACE/gocryptfs throughput: >1 means spacefs is faster).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+WORK="${1:-/var/tmp/spacefs-bench}"
+SIZE_MIB="${SIZE_MIB:-1024}"
+SMALL_FILES="${SMALL_FILES:-10000}"
+BIG_MIB="${BIG_MIB:-4096}"
+RANDOM_READS="${RANDOM_READS:-20000}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+
+[ "$(id -u)" -eq 0 ] || { echo "run as root (drops caches, mounts)" >&2; exit 1; }
+command -v gocryptfs >/dev/null || { echo "gocryptfs not installed" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 needed" >&2; exit 1; }
+PROFILE="${PROFILE:-release}"   # PROFILE=debug reuses the test build (indicative numbers only)
+if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet --bin spacefs --bin spacectl
+else
+    cargo build --quiet --bin spacefs --bin spacectl
+fi
+SPACEFS="$TARGET/$PROFILE/spacefs"
+SPACECTL="$TARGET/$PROFILE/spacectl"
+
+cleanup() {
+    for m in "$WORK/space.mnt" "$WORK/gocrypt.mnt"; do
+        mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+cleanup
+mkdir -p "$WORK"/{space.mnt,gocrypt.mnt,gocrypt.cipher}
+"$SPACECTL" init "$WORK/space.store" >/dev/null
+"$SPACEFS" "$WORK/space.store" "$WORK/space.mnt"
+echo bench-passphrase > "$WORK/pass"
+gocryptfs -q -init -passfile "$WORK/pass" "$WORK/gocrypt.cipher" >/dev/null
+gocryptfs -q -passfile "$WORK/pass" "$WORK/gocrypt.cipher" "$WORK/gocrypt.mnt"
+
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+mibps() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
+
+head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORK/src.bin"
+declare -A R
+for fs in space gocrypt; do
+    M="$WORK/$fs.mnt"
+    drop; t0=$(now); cp "$WORK/src.bin" "$M/big.bin"; sync; t1=$(now)
+    R[$fs.seqw]=$(mibps "$SIZE_MIB" "$t0" "$t1")
+    drop; t0=$(now); cat "$M/big.bin" > /dev/null; t1=$(now)
+    R[$fs.seqr]=$(mibps "$SIZE_MIB" "$t0" "$t1")
+    drop
+    R[$fs.rand]=$(python3 - "$M/big.bin" "$RANDOM_READS" <<'PY'
+import os, random, sys, time
+p, n = sys.argv[1], int(sys.argv[2])
+fd = os.open(p, os.O_RDONLY); size = os.fstat(fd).st_size
+rnd = random.Random(7); offs = [rnd.randrange(0, size // 4096) * 4096 for _ in range(n)]
+t = time.time()
+for o in offs: os.pread(fd, 4096, o)
+print(f"{n / (time.time() - t):.0f}")
+PY
+)
+    mkdir "$M/small"
+    t0=$(now)
+    python3 - "$M/small" "$SMALL_FILES" <<'PY'
+import os, sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    with open(f"{d}/f{i}", "wb") as f: f.write(os.urandom(1024 + i % 3072))
+PY
+    t1=$(now); drop; t2=$(now)
+    python3 - "$M/small" "$SMALL_FILES" <<'PY'
+import sys
+d, n = sys.argv[1], int(sys.argv[2])
+for i in range(n): open(f"{d}/f{i}", "rb").read()
+PY
+    t3=$(now)
+    R[$fs.small]=$(python3 -c "print(f'{$SMALL_FILES/(($t1-$t0)+($t3-$t2)):.0f}')")
+done
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+echo
+echo "| workload | spacefs | gocryptfs | SPACE/gocryptfs |"
+echo "|---|---|---|---|"
+echo "| sequential write ${SIZE_MIB} MiB (MiB/s) | ${R[space.seqw]} | ${R[gocrypt.seqw]} | $(ratio "${R[space.seqw]}" "${R[gocrypt.seqw]}") |"
+echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[gocrypt.seqr]} | $(ratio "${R[space.seqr]}" "${R[gocrypt.seqr]}") |"
+echo "| random 4 KiB reads, cold (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | $(ratio "${R[space.rand]}" "${R[gocrypt.rand]}") |"
+echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | ${R[gocrypt.small]} | $(ratio "${R[space.small]}" "${R[gocrypt.small]}") |"
+
+if [ -n "${IDENTITY_WASM:-}" ]; then
+    # Identity on-read chain vs no chain, and RSS while streaming a BIG_MIB capsule through it.
+    mkdir "$WORK/space.mnt/id"
+    setfattr -n user.space.policy -v "transform:
+  - name: identity
+    image: file://$IDENTITY_WASM
+    trigger: on-read" "$WORK/space.mnt/id"
+    cp "$WORK/src.bin" "$WORK/space.mnt/id/big.bin"
+    drop; t0=$(now); cat "$WORK/space.mnt/id/big.bin" > /dev/null; t1=$(now)
+    echo "| identity on-read chain, read ${SIZE_MIB} MiB (MiB/s) | $(mibps "$SIZE_MIB" "$t0" "$t1") | no chain: ${R[space.seqr]} | |"
+    head -c "$((BIG_MIB << 20))" /dev/urandom > "$WORK/space.mnt/id/huge.bin"
+    pid=$(pgrep -f "spacefs $WORK/space.store" | head -1)
+    drop; peak=0
+    cat "$WORK/space.mnt/id/huge.bin" > /dev/null & cpid=$!
+    while kill -0 $cpid 2>/dev/null; do
+        rss=$(awk '/VmRSS/ {print $2}' /proc/$pid/status); [ "$rss" -gt "$peak" ] && peak=$rss; sleep 0.2
+    done
+    echo "| daemon peak RSS streaming ${BIG_MIB} MiB through a transform (MiB) | $((peak / 1024)) | | |"
+fi
