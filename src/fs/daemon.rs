@@ -128,18 +128,10 @@ fn unlock(opts: &MountOptions) -> Result<Unlock, String> {
     })
 }
 
-/// Opens the store with the transform runtime installed.
+/// Opens the store with the WASM transform runtime installed (built on first use).
 fn open_space(line: &CmdLine) -> Result<Space, String> {
-    let space = Space::open(&line.store, &unlock(&line.options)?)
-        .map_err(|e| format!("cannot open store {}: {e}", line.store.display()))?;
-    Ok(install_transforms(space))
-}
-
-/// Installs the WASM runtime for policies with transform chains.
-// Integration point for `space::wasm` (the lead wires the engine here); without it, capsules
-// with chains fail to open with a message saying no runtime is loaded.
-fn install_transforms(space: Space) -> Space {
-    space
+    Space::open_with_runtime(&line.store, &unlock(&line.options)?)
+        .map_err(|e| format!("cannot open store {}: {e}", line.store.display()))
 }
 
 fn block_signals() -> libc::sigset_t {
