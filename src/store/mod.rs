@@ -105,6 +105,12 @@ impl Store {
                 dir.display()
             )));
         }
+        // Metadata (names, sizes, policies) is not encrypted: keep the store private to its owner.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| SpaceError::io(format!("securing {}", dir.display()), e))?;
+        }
         let key = MasterKey::generate();
         let key_path = opts
             .unlock
