@@ -321,6 +321,10 @@ fn stat(space: &Space, target: &str) -> Result<i32> {
         NodeKind::File => "capsule",
         NodeKind::Dir => "directory",
         NodeKind::Symlink => "symlink",
+        NodeKind::Fifo => "fifo",
+        NodeKind::Socket => "socket",
+        NodeKind::CharDevice => "character device",
+        NodeKind::BlockDevice => "block device",
     };
     println!("path:     {path}");
     println!("id:       {}", node.uuid);
@@ -342,6 +346,13 @@ fn stat(space: &Space, target: &str) -> Result<i32> {
     }
     if let Some(t) = &node.target {
         println!("target:   {}", String::from_utf8_lossy(t));
+    }
+    if matches!(node.kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+        println!(
+            "device:   {}:{}",
+            libc::major(node.rdev as libc::dev_t),
+            libc::minor(node.rdev as libc::dev_t)
+        );
     }
     match &node.policy {
         Some(_) => {

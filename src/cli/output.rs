@@ -27,6 +27,10 @@ pub fn mode_string(node: &Node) -> String {
         NodeKind::Dir => 'd',
         NodeKind::Symlink => 'l',
         NodeKind::File => '-',
+        NodeKind::Fifo => 'p',
+        NodeKind::Socket => 's',
+        NodeKind::CharDevice => 'c',
+        NodeKind::BlockDevice => 'b',
     };
     let m = node.mode;
     let bit = |b: u32, c: char| if m & b != 0 { c } else { '-' };

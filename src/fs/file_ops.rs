@@ -130,6 +130,8 @@ impl SpaceFs {
                     NodeKind::Dir => return Err(libc::EISDIR),
                     NodeKind::Symlink => return Err(libc::ELOOP),
                     NodeKind::File => {}
+                    // FIFOs, sockets, devices: the kernel opens those itself.
+                    _ => return Err(libc::ENXIO),
                 }
                 if write {
                     self.check_writable()?;
@@ -441,6 +443,7 @@ impl SpaceFs {
             NodeKind::Dir => return Err(libc::EISDIR),
             NodeKind::Symlink => return Err(libc::EINVAL),
             NodeKind::File => {}
+            _ => return Err(libc::EINVAL),
         }
         let chains = self.chains(&node);
         let apply = |inode: &OpenInode| -> FsResult<()> {

@@ -44,7 +44,28 @@ fn file_type(k: Kind) -> FileType {
         Kind::File => FileType::RegularFile,
         Kind::Dir => FileType::Directory,
         Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
     }
+}
+
+/// A device number as the FUSE protocol carries it (the kernel's `new_encode_dev`: 12-bit
+/// major, 20-bit minor) → Linux `dev_t` (glibc `makedev`), what the store keeps.
+fn dev_from_kernel(r: u32) -> u64 {
+    let major = (r & 0xfff00) >> 8;
+    let minor = (r & 0xff) | ((r >> 12) & 0xfff00);
+    libc::makedev(major, minor)
+}
+
+/// The inverse of [`dev_from_kernel`] (numbers the kernel cannot represent become 0).
+fn dev_to_kernel(d: u64) -> u32 {
+    let (major, minor) = (libc::major(d), libc::minor(d));
+    if major > 0xfff || minor > 0xfffff {
+        return 0;
+    }
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
 }
 
 fn file_attr(a: &Attr) -> FileAttr {
@@ -61,7 +82,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         nlink: a.nlink,
         uid: a.uid,
         gid: a.gid,
-        rdev: 0,
+        rdev: dev_to_kernel(a.rdev),
         blksize: 64 * 1024,
         flags: 0,
     }
@@ -198,13 +219,19 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _rdev: u32,
+        rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            self.fs.mknod(parent.0, name.as_bytes(), mode, caller(req)),
-            reply,
+        // `_umask`: the kernel applied it to `mode` already (no FUSE_DONT_MASK), as for
+        // mkdir and create.
+        let r = self.fs.mknod(
+            parent.0,
+            name.as_bytes(),
+            mode,
+            dev_from_kernel(rdev),
+            caller(req),
         );
+        self.entry(r, reply);
     }
 
     fn mkdir(
@@ -522,5 +549,22 @@ impl Filesystem for FuseAdapter {
             ),
             Err(e) => reply.error(err(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_numbers_convert_both_ways() {
+        for (major, minor) in [(0, 0), (1, 3), (8, 17), (259, 0x12345), (0xfff, 0xfffff)] {
+            let d = libc::makedev(major, minor);
+            let k = dev_to_kernel(d);
+            assert_eq!(dev_from_kernel(k), d, "{major}:{minor}");
+        }
+        // new_encode_dev(1, 3) and glibc agree for small numbers.
+        assert_eq!(dev_to_kernel(libc::makedev(1, 3)), 0x103);
+        assert_eq!(dev_to_kernel(libc::makedev(0x1000, 0)), 0);
     }
 }

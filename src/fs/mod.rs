@@ -70,6 +70,10 @@ pub enum Kind {
     File,
     Dir,
     Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
 impl From<NodeKind> for Kind {
@@ -78,6 +82,10 @@ impl From<NodeKind> for Kind {
             NodeKind::File => Kind::File,
             NodeKind::Dir => Kind::Dir,
             NodeKind::Symlink => Kind::Symlink,
+            NodeKind::Fifo => Kind::Fifo,
+            NodeKind::Socket => Kind::Socket,
+            NodeKind::CharDevice => Kind::CharDevice,
+            NodeKind::BlockDevice => Kind::BlockDevice,
         }
     }
 }
@@ -97,6 +105,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Device number of a device node (Linux `dev_t`); 0 otherwise.
+    pub rdev: u64,
 }
 
 /// Settings of a mount.

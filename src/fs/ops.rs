@@ -115,6 +115,7 @@ impl SpaceFs {
             nlink: node.nlink,
             uid: node.uid,
             gid: node.gid,
+            rdev: node.rdev,
         }
     }
 
@@ -151,6 +152,11 @@ impl SpaceFs {
         };
         self.check_writable()?;
         if let Some(size) = req.size {
+            // The kernel refuses truncate(2) of anything but a regular file itself; this
+            // covers callers that ask anyway.
+            if self.node(ino)?.kind.is_special() {
+                return Err(libc::EINVAL);
+            }
             self.truncate(ino, size, fh.is_some())?;
         }
         let a = SetAttr {
@@ -192,6 +198,7 @@ impl SpaceFs {
             gid: if sgid_parent { parent.gid } else { caller.gid },
             policy: None,
             target: None,
+            rdev: 0,
         }
     }
 
@@ -235,16 +242,42 @@ impl SpaceFs {
             .map_err(errno)
     }
 
-    /// Only regular files can be made with mknod (no device nodes, FIFOs or sockets).
-    pub fn mknod(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
-            log::debug!(
-                "mknod of type {:o} refused: only regular files",
-                mode & libc::S_IFMT
-            );
-            return Err(libc::EPERM);
+    /// mknod(2)/mkfifo(3): a FIFO, socket or device node (`rdev`, a Linux `dev_t`, names the
+    /// device), or an empty regular file (as `create`). Directories are made with `mkdir`.
+    /// The kernel has applied the umask to `mode` already (spacefs does not ask for
+    /// FUSE_DONT_MASK) and checked CAP_MKNOD for devices.
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> FsResult<Attr> {
+        let kind = match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => {
+                let n = self.create_file(parent, name, mode, caller)?;
+                return Ok(self.node_attr(&n));
+            }
+            libc::S_IFIFO => NodeKind::Fifo,
+            libc::S_IFSOCK => NodeKind::Socket,
+            libc::S_IFCHR => NodeKind::CharDevice,
+            libc::S_IFBLK => NodeKind::BlockDevice,
+            libc::S_IFDIR => return Err(libc::EPERM),
+            _ => return Err(libc::EINVAL),
+        };
+        let p = self.writable_dir(parent)?;
+        self.check_new_name(&p, name)?;
+        let mut new = self.new_node(&p, kind, mode, caller);
+        if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+            new.rdev = rdev;
         }
-        let n = self.create_file(parent, name, mode, caller)?;
+        let n = self
+            .space
+            .store
+            .meta
+            .create(p.ino, name, new)
+            .map_err(errno)?;
         Ok(self.node_attr(&n))
     }
 

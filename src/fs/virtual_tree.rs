@@ -23,6 +23,7 @@ impl SpaceFs {
             nlink: if kind == Kind::Dir { 2 } else { 1 },
             uid,
             gid,
+            rdev: 0,
         }
     }
 
@@ -39,6 +40,7 @@ impl SpaceFs {
             nlink: node.nlink,
             uid: node.uid,
             gid: node.gid,
+            rdev: node.rdev,
         }
     }
 

@@ -158,6 +158,7 @@ impl Space {
             gid: opts.gid.unwrap_or(gid),
             policy: Some(policy.to_yaml()),
             target: None,
+            rdev: 0,
         };
         let (mut node, replaced) =
             self.store

@@ -19,6 +19,7 @@ impl Space {
             gid,
             policy: p.map(|p| p.to_yaml()),
             target: None,
+            rdev: 0,
         };
         if !parents {
             let (parent, name, _) = self.parent_of(path)?;

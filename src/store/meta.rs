@@ -18,6 +18,14 @@ pub enum NodeKind {
     File = 1,
     Dir = 2,
     Symlink = 3,
+    /// Named pipe (FIFO).
+    Fifo = 4,
+    /// UNIX domain socket.
+    Socket = 5,
+    /// Character device node (`rdev` names the device).
+    CharDevice = 6,
+    /// Block device node (`rdev` names the device).
+    BlockDevice = 7,
 }
 
 impl NodeKind {
@@ -26,8 +34,21 @@ impl NodeKind {
             1 => Some(NodeKind::File),
             2 => Some(NodeKind::Dir),
             3 => Some(NodeKind::Symlink),
+            4 => Some(NodeKind::Fifo),
+            5 => Some(NodeKind::Socket),
+            6 => Some(NodeKind::CharDevice),
+            7 => Some(NodeKind::BlockDevice),
             _ => None,
         }
+    }
+
+    /// FIFOs, sockets and device nodes: no content, no target; only a name, attributes and
+    /// (devices) a device number.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            NodeKind::Fifo | NodeKind::Socket | NodeKind::CharDevice | NodeKind::BlockDevice
+        )
     }
 }
 
@@ -41,7 +62,7 @@ pub fn now_ns() -> TimeNs {
     d.as_nanos() as i64
 }
 
-/// A file (capsule), directory or symlink.
+/// A file (capsule), directory, symlink or special file (FIFO, socket, device node).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub ino: Ino,
@@ -63,6 +84,8 @@ pub struct Node {
     pub policy: Option<String>,
     /// Symlink target.
     pub target: Option<Vec<u8>>,
+    /// Device number of a device node (Linux `dev_t`, glibc `makedev` encoding); 0 otherwise.
+    pub rdev: u64,
 }
 
 /// What a new node starts with.
@@ -74,6 +97,8 @@ pub struct NewNode {
     pub gid: u32,
     pub policy: Option<String>,
     pub target: Option<Vec<u8>>,
+    /// Device number (device nodes only; 0 for everything else).
+    pub rdev: u64,
 }
 
 /// One entry of a capsule's chunk list: bytes `[offset, offset+len)` come from `chunk`.

@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     nlink INTEGER NOT NULL,
     version INTEGER NOT NULL DEFAULT 0,
     policy TEXT,
-    target BLOB
+    target BLOB,
+    rdev INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER NOT NULL,
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS xattrs (
 ) WITHOUT ROWID;
 "#;
 
-const NODE_COLS: &str = "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target";
+const NODE_COLS: &str = "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev";
 
 pub struct SqliteMeta {
     conn: Mutex<Connection>,
@@ -88,6 +89,7 @@ fn node_from_row_at(r: &Row, at: usize) -> rusqlite::Result<Node> {
         version: r.get::<_, i64>(at + 11)? as u64,
         policy: r.get(at + 12)?,
         target: r.get(at + 13)?,
+        rdev: r.get::<_, i64>(at + 14)? as u64,
     })
 }
 
@@ -112,6 +114,7 @@ impl SqliteMeta {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         let m = SqliteMeta {
             conn: Mutex::new(conn),
         };
@@ -124,7 +127,7 @@ impl SqliteMeta {
                     tx.execute("INSERT INTO meta VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])?;
                     let t = now_ns();
                     tx.execute(
-                        &format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, 2, 493, ?3, ?4, 0, ?5, ?5, ?5, 2, 0, NULL, NULL)"),
+                        &format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, 2, 493, ?3, ?4, 0, ?5, ?5, ?5, 2, 0, NULL, NULL, 0)"),
                         params![ROOT_INO as i64, Uuid::new_v4().as_bytes().to_vec(), root_uid, root_gid, t],
                     )?;
                 }
@@ -155,6 +158,18 @@ impl SqliteMeta {
         tx.commit()?;
         Ok(out)
     }
+}
+
+/// Columns added to schema version 1 after its first release (`CREATE TABLE IF NOT EXISTS`
+/// does not add them to an existing table). Each has a default, so older rows stay valid.
+fn add_missing_columns(c: &Connection) -> Result<()> {
+    let has_rdev = c
+        .prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name='rdev'")?
+        .exists([])?;
+    if !has_rdev {
+        c.execute_batch("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")?;
+    }
+    Ok(())
 }
 
 fn get_node(c: &Connection, ino: Ino) -> Result<Option<Node>> {
@@ -213,9 +228,13 @@ fn touch_dir(tx: &Transaction, dir: Ino, t: TimeNs) -> Result<()> {
 
 fn insert_node(tx: &Transaction, new: &NewNode, t: TimeNs) -> Result<Ino> {
     let nlink = if new.kind == NodeKind::Dir { 2 } else { 1 };
+    let rdev = match new.kind {
+        NodeKind::CharDevice | NodeKind::BlockDevice => new.rdev,
+        _ => 0,
+    };
     tx.execute(
-        "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10)",
+        "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10, ?11)",
         params![
             Uuid::new_v4().as_bytes().to_vec(),
             new.kind as i64,
@@ -226,7 +245,8 @@ fn insert_node(tx: &Transaction, new: &NewNode, t: TimeNs) -> Result<Ino> {
             t,
             nlink,
             new.policy,
-            new.target
+            new.target,
+            rdev as i64
         ],
     )?;
     Ok(tx.last_insert_rowid() as u64)
@@ -901,8 +921,9 @@ impl MetaStore for SqliteMeta {
                 let (ino, offset, chunk) = r?;
                 out.push(MetaProblem::MissingChunkRow { ino: ino as u64, offset: offset as u64, chunk });
             }
-            // Each file's extents must tile [0, size) exactly.
-            let mut st = c.prepare("SELECT ino, size FROM nodes WHERE kind=1")?;
+            // Each file's extents must tile [0, size) exactly; special files (kinds 4-7) have
+            // size 0 and no extents.
+            let mut st = c.prepare("SELECT ino, size FROM nodes WHERE kind=1 OR kind BETWEEN 4 AND 7")?;
             let files: Vec<(i64, i64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut ex = c.prepare("SELECT offset, length FROM extents WHERE ino=?1 ORDER BY offset")?;
             for (ino, size) in files {
@@ -940,5 +961,135 @@ impl MetaStore for SqliteMeta {
             }
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new(kind: NodeKind, rdev: u64) -> NewNode {
+        NewNode {
+            kind,
+            mode: 0o640,
+            uid: 7,
+            gid: 8,
+            policy: None,
+            target: None,
+            rdev,
+        }
+    }
+
+    #[test]
+    fn special_nodes_round_trip_with_rdev() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let dev = libc::makedev(8, 0x12345);
+        {
+            let m = SqliteMeta::open(&path, 0, 0).unwrap();
+            let b = m
+                .create(ROOT_INO, b"blk", new(NodeKind::BlockDevice, dev))
+                .unwrap();
+            assert_eq!(
+                (b.kind, b.rdev, b.size, b.nlink),
+                (NodeKind::BlockDevice, dev, 0, 1)
+            );
+            let c = m
+                .create(
+                    ROOT_INO,
+                    b"chr",
+                    new(NodeKind::CharDevice, libc::makedev(1, 3)),
+                )
+                .unwrap();
+            assert_eq!(c.rdev, libc::makedev(1, 3));
+            // A device number given for a non-device is not kept.
+            let f = m
+                .create(ROOT_INO, b"fifo", new(NodeKind::Fifo, 99))
+                .unwrap();
+            assert_eq!((f.kind, f.rdev), (NodeKind::Fifo, 0));
+            m.create(ROOT_INO, b"sock", new(NodeKind::Socket, 0))
+                .unwrap();
+            // Hard links, rename (replacing another special file), unlink.
+            m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+            let d = m.lookup(ROOT_INO, b"d").unwrap().unwrap();
+            let l = m.link(b.ino, d.ino, b"blk2").unwrap();
+            assert_eq!((l.nlink, l.rdev), (2, dev));
+            m.rename(ROOT_INO, b"sock", ROOT_INO, b"fifo", false)
+                .unwrap();
+            assert_eq!(
+                m.lookup(ROOT_INO, b"fifo").unwrap().unwrap().kind,
+                NodeKind::Socket
+            );
+            assert!(m.get(f.ino).unwrap().is_none());
+            m.unlink(ROOT_INO, b"blk").unwrap();
+            assert_eq!(m.get(b.ino).unwrap().unwrap().nlink, 1);
+            let s = m.set_attr(
+                c.ino,
+                &SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(s.unwrap().rdev, libc::makedev(1, 3));
+            assert!(m.check().unwrap().is_empty());
+        }
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        let list = m.list(ROOT_INO).unwrap();
+        let kinds: Vec<_> = list
+            .iter()
+            .map(|(n, x)| (n.clone(), x.kind, x.rdev))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (b"chr".to_vec(), NodeKind::CharDevice, libc::makedev(1, 3)),
+                (b"d".to_vec(), NodeKind::Dir, 0),
+                (b"fifo".to_vec(), NodeKind::Socket, 0),
+            ]
+        );
+        let d = m.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        let b = m.lookup(d.ino, b"blk2").unwrap().unwrap();
+        assert_eq!((b.kind, b.rdev, b.nlink), (NodeKind::BlockDevice, dev, 1));
+        assert!(m.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn old_database_gains_the_rdev_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            // A database as the first release of schema 1 wrote it (no `rdev`).
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&SCHEMA.replace(",\n    rdev INTEGER NOT NULL DEFAULT 0", ""))
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '1');
+                 INSERT INTO nodes (ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version)
+                 VALUES (1, x'00112233445566778899aabbccddeeff', 2, 493, 0, 0, 0, 1, 1, 1, 2, 0);",
+            )
+            .unwrap();
+            let cols: i64 = c
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('nodes') WHERE name='rdev'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(cols, 0);
+        }
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        assert_eq!(m.get(ROOT_INO).unwrap().unwrap().rdev, 0);
+        let n = m
+            .create(
+                ROOT_INO,
+                b"null",
+                new(NodeKind::CharDevice, libc::makedev(1, 3)),
+            )
+            .unwrap();
+        assert_eq!(m.get(n.ino).unwrap().unwrap().rdev, libc::makedev(1, 3));
+        drop(m);
+        // Opening again does not try to add it twice.
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        assert!(m.check().unwrap().is_empty());
     }
 }
