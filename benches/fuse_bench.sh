@@ -20,13 +20,19 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 command -v gocryptfs >/dev/null || { echo "gocryptfs not installed" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 needed" >&2; exit 1; }
 PROFILE="${PROFILE:-release}"   # PROFILE=debug reuses the test build (indicative numbers only)
-if [ "$PROFILE" = release ]; then
-    cargo build --release --quiet --bin spacefs --bin spacectl
+if [ -n "${BIN_DIR:-}" ]; then  # BIN_DIR=/path: use the spacefs and spacectl found there as is
+    SPACEFS="$BIN_DIR/spacefs"
+    SPACECTL="$BIN_DIR/spacectl"
 else
-    cargo build --quiet --bin spacefs --bin spacectl
+    if [ "$PROFILE" = release ]; then
+        cargo build --release --quiet --bin spacefs --bin spacectl
+    else
+        cargo build --quiet --bin spacefs --bin spacectl
+    fi
+    SPACEFS="$TARGET/$PROFILE/spacefs"
+    SPACECTL="$TARGET/$PROFILE/spacectl"
 fi
-SPACEFS="$TARGET/$PROFILE/spacefs"
-SPACECTL="$TARGET/$PROFILE/spacectl"
+ONLY="${ONLY:-space gocrypt}"   # ONLY=space skips gocryptfs (its columns then read 0)
 
 cleanup() {
     for m in "$WORK/space.mnt" "$WORK/gocrypt.mnt"; do
@@ -50,6 +56,7 @@ mibps() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORK/src.bin"
 declare -A R
 for fs in space gocrypt; do
+    case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small; do R[$fs.$k]=1; done; continue ;; esac
     M="$WORK/$fs.mnt"
     drop; t0=$(now); cp "$WORK/src.bin" "$M/big.bin"; sync; t1=$(now)
     R[$fs.seqw]=$(mibps "$SIZE_MIB" "$t0" "$t1")

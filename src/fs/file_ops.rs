@@ -7,13 +7,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::handles::{Handle, HandleKind, InodeState, OpenInode};
+use super::handles::{Eager, Handle, HandleKind, InodeState, OpenInode};
 use super::inode_table::{InoKind, classify};
 use super::read_stream::ChainStream;
 use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
 use crate::pipeline::CapsuleReader;
+use crate::pipeline::read_path::load_chunk;
 use crate::policy::TransformSpec;
 use crate::store::meta::{Node, NodeKind, SetAttr};
 
@@ -48,7 +49,99 @@ fn read_exact_at(r: &mut CapsuleReader, offset: u64, buf: &mut [u8]) -> std::io:
     Ok(())
 }
 
+/// Overlay bytes kept in memory before the leading chunks of a file written front to back are
+/// stored ahead of the commit (instead of spilling to a temporary file).
+fn early_store_threshold(mem_limit: usize) -> usize {
+    mem_limit.max(4 << 20)
+}
+
 impl SpaceFs {
+    /// Reads `[offset, offset + buf.len())` of content stored ahead of the commit.
+    fn read_eager(
+        &self,
+        e: &Eager,
+        name: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            let i = e
+                .chunks
+                .partition_point(|c| c.extent.offset + c.extent.len as u64 <= pos);
+            let Some(c) = e.chunks.get(i).filter(|c| c.extent.offset <= pos) else {
+                return Err(std::io::Error::other(format!(
+                    "{name}: no chunk stored ahead covers offset {pos}"
+                )));
+            };
+            let ext = c.extent;
+            let store = &self.space.store;
+            let data = self
+                .space
+                .cache
+                .get_or_load(&ext.chunk, &|| {
+                    load_chunk(store, &ext.chunk, &|| {
+                        format!("{name}, chunk at offset {} (not committed yet)", ext.offset)
+                    })
+                })
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            let within = (pos - ext.offset) as usize;
+            let n = (data.len() - within).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&data[within..within + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Stores the leading chunks of a file being written front to back, so its overlay stays
+    /// small instead of spilling to a temporary file. Only for new content (the overlay's base
+    /// is empty, or is what an earlier call stored), without an on-write chain.
+    fn store_early(&self, st: &mut InodeState) -> crate::Result<()> {
+        let buf = st.buf.as_ref().expect("called with a buffer");
+        let from = buf.base_len();
+        let mut data = vec![0u8; (buf.size() - from) as usize];
+        let mut nobase = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
+            Err(std::io::Error::other("append-only overlay read its base"))
+        };
+        buf.read(from, &mut data, &mut nobase)
+            .map_err(|e| SpaceError::io("reading the write buffer", e))?;
+        let hold = match st.eager.take() {
+            Some(e) => e,
+            None => Eager {
+                chunks: Vec::new(),
+                len: 0,
+                chunks_stored: 0,
+                chunks_reused: 0,
+                _hold: Box::new(self.space.hold_for_writing()?),
+            },
+        };
+        let mut eager = hold;
+        let stored = self.space.store_prefix(&st.node, &data);
+        let (content, report) = match stored {
+            Ok(r) => r,
+            Err(e) => {
+                if !eager.chunks.is_empty() {
+                    st.eager = Some(eager);
+                }
+                return Err(e);
+            }
+        };
+        eager.chunks.extend(content.chunks.into_iter().map(|mut c| {
+            c.extent.offset += from;
+            c
+        }));
+        eager.len = from + content.size;
+        eager.chunks_stored += report.chunks - report.reused_chunks;
+        eager.chunks_reused += report.reused_chunks;
+        st.buf
+            .as_mut()
+            .expect("called with a buffer")
+            .absorb(eager.len);
+        st.eager = Some(eager);
+        Ok(())
+    }
+
     fn name_of(&self, node: &Node) -> String {
         self.space.describe(node)
     }
@@ -268,7 +361,11 @@ impl SpaceFs {
                 match &st.buf {
                     Some(buf) => {
                         let mut out = vec![0u8; size];
-                        let mut base = |off: u64, b: &mut [u8]| read_exact_at(reader, off, b);
+                        let eager = st.eager.as_ref();
+                        let mut base = |off: u64, b: &mut [u8]| match eager {
+                            Some(e) => self.read_eager(e, name, off, b),
+                            None => read_exact_at(reader, off, b),
+                        };
                         let n = buf.read(offset, &mut out, &mut base).map_err(|e| {
                             log::error!("{name}: reading at {offset}: {e}");
                             libc::EIO
@@ -326,7 +423,26 @@ impl SpaceFs {
             return Err(libc::EFBIG);
         }
         let mut st = lock(&inode.state);
-        let buf = self.ensure_buffer(&mut st)?;
+        self.ensure_buffer(&mut st)?;
+        let st = &mut *st;
+        let buf = st.buf.as_ref().expect("ensured above");
+        let early = !st.on_write
+            && offset == buf.size()
+            && buf.is_append_only()
+            && buf.base_len() == st.eager.as_ref().map_or(0, |e| e.len)
+            && buf.would_spill(offset, data.len())
+            && buf.size() - buf.base_len()
+                >= early_store_threshold(self.opts.write_mem_limit) as u64 / 2;
+        if early {
+            if let Err(e) = self.store_early(st) {
+                // Not fatal: the overlay spills to a temporary file as usual.
+                log::warn!(
+                    "inode {}: storing written data early failed: {e}",
+                    inode.ino
+                );
+            }
+        }
+        let buf = st.buf.as_mut().expect("ensured above");
         let spilled = buf.spilled();
         buf.write(offset, data).map_err(|e| {
             log::error!("inode {}: buffering a write failed: {e}", inode.ino);
@@ -352,11 +468,30 @@ impl SpaceFs {
         let current = self.node(inode.ino)?;
         let name = self.name_of(&current);
         let buf = st.buf.as_ref().expect("dirty implies a buffer");
-        let expect = (buf.base_len() > 0).then_some(st.node.version);
         let mut reader = self.new_reader(&st.node, &name);
-        let mut base = |off: u64, b: &mut [u8]| read_exact_at(&mut reader, off, b);
-        let mut input = MergedReader::new(buf, &mut base);
-        let result = self.space.write_content(&current, &mut input, expect);
+        let result = match &st.eager {
+            None => {
+                let expect = (buf.base_len() > 0).then_some(st.node.version);
+                let mut base = |off: u64, b: &mut [u8]| read_exact_at(&mut reader, off, b);
+                let mut input = MergedReader::new(buf, &mut base);
+                self.space.write_content(&current, &mut input, expect)
+            }
+            // Only appended to since the chunks stored ahead: store the rest after them.
+            Some(e) if buf.base_len() == e.len && buf.dirty_start().is_none_or(|s| s >= e.len) => {
+                let mut nobase = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
+                    Err(std::io::Error::other("read before the appended range"))
+                };
+                let mut input = MergedReader::starting_at(buf, &mut nobase, e.len);
+                self.space
+                    .write_content_after(&current, &e.chunks, e.len, &mut input)
+            }
+            // Rewritten or truncated inside them: re-chunk the whole merged content.
+            Some(e) => {
+                let mut base = |off: u64, b: &mut [u8]| self.read_eager(e, &name, off, b);
+                let mut input = MergedReader::new(buf, &mut base);
+                self.space.write_content(&current, &mut input, None)
+            }
+        };
         let (mut node, report) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -381,10 +516,20 @@ impl SpaceFs {
                 .set_attr(inode.ino, &a)
                 .map_err(errno)?;
         }
+        let (early_stored, early_reused) = match st.eager.take() {
+            Some(e) => (e.chunks_stored, e.chunks_reused),
+            None => (0, 0),
+        };
         Stats::inc(&self.stats.commits);
         Stats::add(&self.stats.bytes_committed, report.bytes);
-        Stats::add(&self.stats.chunks_committed, report.chunks);
-        Stats::add(&self.stats.chunks_reused, report.reused_chunks);
+        Stats::add(
+            &self.stats.chunks_committed,
+            report.chunks + early_stored + early_reused,
+        );
+        Stats::add(
+            &self.stats.chunks_reused,
+            report.reused_chunks + early_reused,
+        );
         lock(&self.cached_versions).insert(inode.ino, node.version);
         st.node = node;
         st.dirty = false;

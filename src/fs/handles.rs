@@ -12,7 +12,7 @@ use super::lock;
 use super::read_stream::ChainStream;
 use super::write_buffer::WriteBuffer;
 use crate::pipeline::CapsuleReader;
-use crate::store::meta::{Ino, Node, TimeNs};
+use crate::store::meta::{ContentChunk, Ino, Node, TimeNs};
 
 /// Per-inode state while at least one handle is open.
 pub struct OpenInode {
@@ -37,6 +37,19 @@ pub(crate) struct InodeState {
     pub handles: usize,
     /// The last name went away while open: the node is an orphan, purged at last release.
     pub orphan: bool,
+    /// Leading chunks of new content stored ahead of the commit (a large file written front to
+    /// back): they are the write buffer's base instead of the committed version.
+    pub eager: Option<Eager>,
+}
+
+/// Chunks stored before the commit, covering `[0, len)` of the new content.
+pub(crate) struct Eager {
+    pub chunks: Vec<ContentChunk>,
+    pub len: u64,
+    pub chunks_stored: u64,
+    pub chunks_reused: u64,
+    /// The shared store lock, held until the commit so gc cannot collect these objects.
+    pub _hold: Box<dyn Send>,
 }
 
 impl OpenInode {
@@ -53,6 +66,7 @@ impl OpenInode {
                 on_write,
                 handles: 0,
                 orphan: false,
+                eager: None,
             }),
         }
     }

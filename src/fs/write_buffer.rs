@@ -123,6 +123,45 @@ impl WriteBuffer {
         self.dirty.is_empty() && self.size == self.base_len
     }
 
+    /// Start of the first written range, if any.
+    pub fn dirty_start(&self) -> Option<u64> {
+        self.dirty.0.keys().next().copied()
+    }
+
+    /// True if the overlay is one written range from `base_len` to the end, still in memory:
+    /// what a program writing new content front to back leaves.
+    pub fn is_append_only(&self) -> bool {
+        !self.spilled()
+            && self.dirty.0.len() == 1
+            && self.dirty.0.first_key_value() == Some((&self.base_len, &self.size))
+    }
+
+    /// True if writing `len` bytes at `offset` would move the overlay to a temporary file.
+    pub fn would_spill(&self, offset: u64, len: usize) -> bool {
+        let Pages::Memory(m) = &self.pages else {
+            return false;
+        };
+        if len == 0 {
+            return false;
+        }
+        let new_pages = (offset / PAGE..=(offset + len as u64 - 1) / PAGE)
+            .filter(|p| !m.contains_key(p))
+            .count();
+        (m.len() + new_pages) as u64 * PAGE > self.mem_limit as u64
+    }
+
+    /// Hands `[base_len, upto)` over to the base: those bytes were stored elsewhere and are
+    /// read through the base reader from now on. Only for an append-only overlay.
+    pub fn absorb(&mut self, upto: u64) {
+        debug_assert!(self.is_append_only() && upto >= self.base_len && upto <= self.size);
+        self.dirty = RangeSet::default();
+        self.dirty.insert(upto, self.size);
+        self.base_len = upto;
+        if let Pages::Memory(m) = &mut self.pages {
+            m.retain(|p, _| (p + 1) * PAGE > upto);
+        }
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         if data.is_empty() {
             return Ok(());
@@ -279,6 +318,11 @@ pub struct MergedReader<'a, 'b> {
 impl<'a, 'b> MergedReader<'a, 'b> {
     pub fn new(buf: &'a WriteBuffer, base: &'a mut BaseRead<'b>) -> Self {
         MergedReader { buf, base, pos: 0 }
+    }
+
+    /// The merged content from `pos` on.
+    pub fn starting_at(buf: &'a WriteBuffer, base: &'a mut BaseRead<'b>, pos: u64) -> Self {
+        MergedReader { buf, base, pos }
     }
 }
 

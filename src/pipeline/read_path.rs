@@ -6,10 +6,11 @@
 //! parallel workers and hands chunks over in order. Neither holds more than a bounded number
 //! of chunks, whatever the capsule's size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 use lru::LruCache;
 
@@ -19,11 +20,88 @@ use crate::store::meta::{Extent, Ino, Node};
 use crate::store::{ChunkId, Store};
 
 /// Decoded chunks shared by all readers, bounded by bytes (not entries).
+///
+/// Also tracks chunks being decoded right now (by a reader or a read-ahead worker), so two
+/// readers of the same chunk decode it once: the second waits for the first.
 pub struct ChunkCache {
     inner: Mutex<CacheState>,
     budget: u64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    inflight: Mutex<HashMap<ChunkId, Arc<Inflight>>>,
+}
+
+/// A decode in progress; `done` flips (and waiters wake) when it finished, successfully or not.
+#[derive(Default)]
+struct Inflight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// Releases an in-flight mark when the decode ends (also on panic or when a queued read-ahead
+/// job is dropped unrun).
+struct LoadGuard<C: Deref<Target = ChunkCache>> {
+    cache: C,
+    id: ChunkId,
+    flag: Arc<Inflight>,
+}
+
+impl<C: Deref<Target = ChunkCache>> Drop for LoadGuard<C> {
+    fn drop(&mut self) {
+        {
+            let mut m = plock(&self.cache.inflight);
+            if m.get(&self.id).is_some_and(|f| Arc::ptr_eq(f, &self.flag)) {
+                m.remove(&self.id);
+            }
+        }
+        *plock(&self.flag.done) = true;
+        self.flag.cv.notify_all();
+    }
+}
+
+fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Decoded bytes read ahead of a sequential reader (at most this many chunks, and no more than
+/// [`READAHEAD_BYTES`] past the read position once two chunks are queued).
+const READAHEAD_CHUNKS: usize = 8;
+const READAHEAD_BYTES: u64 = 4 << 20;
+/// A read starting this close to where the previous one ended counts as sequential (the kernel
+/// may deliver concurrent read-ahead requests slightly out of order).
+const SEQUENTIAL_SLACK: u64 = 2 << 20;
+
+type PoolJob = Box<dyn FnOnce() + Send>;
+
+/// The read-ahead workers, shared by every reader of the process (started on first use).
+fn readahead_pool() -> &'static mpsc::Sender<PoolJob> {
+    static POOL: OnceLock<mpsc::Sender<PoolJob>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<PoolJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 8);
+        for i in 0..n {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("space-readahead-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = plock(&rx).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                log::warn!("starting a read-ahead worker failed: {e}");
+            }
+        }
+        tx
+    })
 }
 
 struct CacheState {
@@ -41,7 +119,108 @@ impl ChunkCache {
             budget: budget_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            inflight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A cached chunk, without counting a hit or miss.
+    fn lookup(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
+        plock(&self.inner).lru.get(id).cloned()
+    }
+
+    fn contains(&self, id: &ChunkId) -> bool {
+        plock(&self.inner).lru.contains(id)
+    }
+
+    /// Marks `id` as being decoded by the caller, or returns the decode already under way.
+    fn claim(&self, id: &ChunkId) -> std::result::Result<Arc<Inflight>, Arc<Inflight>> {
+        let mut m = plock(&self.inflight);
+        match m.get(id) {
+            Some(f) => Err(Arc::clone(f)),
+            None => {
+                let f = Arc::new(Inflight::default());
+                m.insert(*id, Arc::clone(&f));
+                Ok(f)
+            }
+        }
+    }
+
+    /// The decoded chunk `id`: from the cache, from a decode already in flight (waiting for it),
+    /// or from `load` (whose result is cached). A failed decode is never cached: the caller
+    /// then runs `load` itself and gets the error.
+    pub fn get_or_load(
+        &self,
+        id: &ChunkId,
+        load: &dyn Fn() -> Result<Vec<u8>>,
+    ) -> Result<Arc<Vec<u8>>> {
+        if let Some(d) = self.lookup(id) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(d);
+        }
+        match self.claim(id) {
+            Ok(flag) => {
+                let _guard = LoadGuard {
+                    cache: self,
+                    id: *id,
+                    flag,
+                };
+                // Another decode may have finished between the lookup and the claim.
+                if let Some(d) = self.lookup(id) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(d);
+                }
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let d = Arc::new(load()?);
+                self.insert(*id, Arc::clone(&d));
+                Ok(d)
+            }
+            Err(flag) => {
+                let mut done = plock(&flag.done);
+                while !*done {
+                    done = flag.cv.wait(done).unwrap_or_else(|p| p.into_inner());
+                }
+                drop(done);
+                if let Some(d) = self.lookup(id) {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(d);
+                }
+                // That decode failed (or its result was evicted already): do it here.
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                let d = Arc::new(load()?);
+                self.insert(*id, Arc::clone(&d));
+                Ok(d)
+            }
+        }
+    }
+
+    /// Queues a background decode of `id` into the cache (no-op if cached or in flight).
+    /// Failures are dropped: a reader that needs the chunk decodes it and reports the error.
+    pub fn prefetch(self: &Arc<Self>, store: &Arc<Store>, id: ChunkId, context: String) {
+        // A cache too small to hold the read-ahead window would evict it before use.
+        if self.budget < 4 * READAHEAD_BYTES || self.contains(&id) {
+            return;
+        }
+        let Ok(flag) = self.claim(&id) else {
+            return;
+        };
+        let guard = LoadGuard {
+            cache: Arc::clone(self),
+            id,
+            flag,
+        };
+        let store = Arc::clone(store);
+        // If the pool is gone the job (and with it the guard) is dropped: the mark is released.
+        let _ = readahead_pool().send(Box::new(move || {
+            let cache = &guard.cache;
+            if cache.contains(&id) {
+                return;
+            }
+            match load_chunk(&store, &id, &|| context.clone()) {
+                Ok(d) => cache.insert(id, Arc::new(d)),
+                Err(e) => log::debug!("read-ahead of chunk {id} failed: {e}"),
+            }
+            drop(guard);
+        }));
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
@@ -113,9 +292,16 @@ pub struct CapsuleReader {
     /// A window of the extent list around the last read (sequential reads need one query per
     /// 64 chunks, random reads one per miss).
     window: Vec<Extent>,
+    /// Where the last read ended (None before the first read), to detect sequential access.
+    last_end: Option<u64>,
+    /// Read-ahead has been queued for every chunk starting before this offset.
+    ahead_to: u64,
+    /// The current read does not follow the previous one.
+    random: bool,
 }
 
 const WINDOW: usize = 64;
+const RANDOM_WINDOW: usize = 4;
 
 impl CapsuleReader {
     pub fn new(
@@ -132,6 +318,9 @@ impl CapsuleReader {
             version: node.version,
             name,
             window: Vec::new(),
+            last_end: None,
+            ahead_to: 0,
+            random: false,
         }
     }
 
@@ -152,7 +341,9 @@ impl CapsuleReader {
         if let Some(e) = find(&self.window) {
             return Ok(e);
         }
-        self.window = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+        // Random reads fetch a few rows around the offset; sequential ones a whole window.
+        let n = if self.random { RANDOM_WINDOW } else { WINDOW };
+        self.window = self.store.meta.extents_from(self.ino, offset, n)?;
         find(&self.window).ok_or_else(|| SpaceError::Integrity {
             context: format!("{} at offset {offset}", self.name),
             chunk: ChunkId([0; 32]),
@@ -160,28 +351,71 @@ impl CapsuleReader {
         })
     }
 
+    /// Sequential access: queues decodes of the chunks after the one holding `offset` on the
+    /// shared read-ahead workers, so they are ready (or under way) when the reader gets there.
+    fn read_ahead(&mut self, offset: u64) -> Result<()> {
+        let horizon = offset.saturating_add(READAHEAD_BYTES).min(self.size);
+        let covered = |w: &[Extent]| {
+            let (Some(first), Some(last)) = (w.first(), w.last()) else {
+                return false;
+            };
+            first.offset <= offset
+                && (last.offset + last.len as u64 >= horizon
+                    || w.iter().filter(|e| e.offset > offset).count() >= READAHEAD_CHUNKS)
+        };
+        if !covered(&self.window) {
+            self.window = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+        }
+        let mut ahead_to = self.ahead_to;
+        let following = self.window.iter().filter(|e| e.offset > offset);
+        for (queued, e) in following.enumerate() {
+            if queued >= READAHEAD_CHUNKS || (queued >= 2 && e.offset >= horizon) {
+                break;
+            }
+            if e.offset < self.ahead_to {
+                continue; // queued by an earlier read
+            }
+            self.cache.prefetch(
+                &self.store,
+                e.chunk,
+                format!("{}, chunk at offset {} (read-ahead)", self.name, e.offset),
+            );
+            ahead_to = ahead_to.max(e.offset + e.len as u64);
+        }
+        self.ahead_to = ahead_to;
+        Ok(())
+    }
+
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of capsule.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let sequential = match self.last_end {
+            None => offset == 0,
+            Some(end) => offset.abs_diff(end) <= SEQUENTIAL_SLACK,
+        };
+        self.random = !sequential;
+        if !sequential {
+            self.ahead_to = 0;
+        }
+        if sequential && offset < self.size {
+            self.read_ahead(offset)?;
+        }
         let mut done = 0usize;
         while done < buf.len() && offset + (done as u64) < self.size {
             let pos = offset + done as u64;
             let e = self.extent_at(pos)?;
-            let data = match self.cache.get(&e.chunk) {
-                Some(d) => d,
-                None => {
-                    let name = &self.name;
-                    let d = Arc::new(load_chunk(&self.store, &e.chunk, &|| {
-                        format!("{name}, chunk at offset {}", e.offset)
-                    })?);
-                    self.cache.insert(e.chunk, Arc::clone(&d));
-                    d
-                }
-            };
+            let name = &self.name;
+            let store = &self.store;
+            let data = self.cache.get_or_load(&e.chunk, &|| {
+                load_chunk(store, &e.chunk, &|| {
+                    format!("{name}, chunk at offset {}", e.offset)
+                })
+            })?;
             let within = (pos - e.offset) as usize;
             let n = (data.len() - within).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&data[within..within + n]);
             done += n;
         }
+        self.last_end = Some(offset + done as u64);
         Ok(done)
     }
 }

@@ -51,12 +51,99 @@ fn workers() -> usize {
 }
 
 /// Chunks, encodes and stores everything `input` yields. `progress` gets the running byte count.
+///
+/// Input of at most one average chunk (small files) is chunked and encoded on the calling
+/// thread: starting the workers would cost more than the work.
 pub fn write_stream(
     store: &Store,
     input: &mut dyn Read,
     chunking: Chunking,
     settings: EncodeSettings,
     progress: &dyn Fn(u64),
+) -> Result<(Content, WriteReport)> {
+    let small = chunking.avg_size.0;
+    let mut head = Vec::new();
+    (&mut *input)
+        .take(small + 1)
+        .read_to_end(&mut head)
+        .map_err(input_error)?;
+    if head.len() as u64 <= small {
+        return write_inline(store, &head, chunking, settings, progress);
+    }
+    let mut rest = std::io::Cursor::new(head).chain(input);
+    write_parallel(store, &mut rest, chunking, settings, progress, false)
+}
+
+/// Stores the chunks of `data` that are final whatever is appended to it later: all but the
+/// last one (content-defined boundaries depend only on the bytes since the previous boundary,
+/// so chunking the whole content later cuts at the same places). Returns their content, with
+/// offsets from the start of `data` and `size` = bytes covered. The objects are not synced
+/// here: the write that completes the content syncs them with its own (see `ChunkBackend`).
+pub fn write_prefix(
+    store: &Store,
+    data: &[u8],
+    chunking: Chunking,
+    settings: EncodeSettings,
+) -> Result<(Content, WriteReport)> {
+    write_parallel(store, &mut &data[..], chunking, settings, &|_| {}, true)
+}
+
+/// The whole (small) input is in `data`: chunk and store it here, same result as the workers.
+fn write_inline(
+    store: &Store,
+    data: &[u8],
+    chunking: Chunking,
+    settings: EncodeSettings,
+    progress: &dyn Fn(u64),
+) -> Result<(Content, WriteReport)> {
+    let salt = chunk_codec::new_salt(settings);
+    let written = Mutex::new(HashSet::new());
+    let mut results = BTreeMap::new();
+    let mut seq = 0u64;
+    for c in chunker(data, chunking, store) {
+        let c = c.map_err(chunking_error)?;
+        let job = Job {
+            seq,
+            offset: c.offset,
+            data: c.data,
+        };
+        results.insert(
+            seq,
+            store_chunk(store, settings, salt.as_ref(), &job, &written)?,
+        );
+        seq += 1;
+    }
+    progress(data.len() as u64);
+    finish(store, results, seq, data.len() as u64, true)
+}
+
+fn chunker<R: Read>(input: R, chunking: Chunking, store: &Store) -> fastcdc::v2020::StreamCDC<R> {
+    fastcdc::v2020::StreamCDC::with_level_and_seed(
+        input,
+        chunking.min_size.0 as u32,
+        chunking.avg_size.0 as u32,
+        chunking.max_size.0 as u32,
+        fastcdc::v2020::Normalization::Level1,
+        store.keys.chunker_seed,
+    )
+}
+
+fn chunking_error(e: fastcdc::v2020::Error) -> SpaceError {
+    match e {
+        fastcdc::v2020::Error::IoError(io) => input_error(io),
+        other => SpaceError::io("chunking input", std::io::Error::other(other.to_string())),
+    }
+}
+
+/// The worker pipeline; with `hold_last`, the final chunk is neither stored nor counted, and
+/// nothing is synced.
+fn write_parallel(
+    store: &Store,
+    input: &mut dyn Read,
+    chunking: Chunking,
+    settings: EncodeSettings,
+    progress: &dyn Fn(u64),
+    hold_last: bool,
 ) -> Result<(Content, WriteReport)> {
     let n_workers = workers();
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(n_workers * 2);
@@ -74,7 +161,9 @@ pub fn write_stream(
             scope.spawn(move || worker(store, settings, salt, job_rx, done_tx, written));
         }
         drop(done_tx);
-        let produced = produce(store, input, chunking, job_tx, &done_rx, progress);
+        let produced = produce(
+            store, input, chunking, job_tx, &done_rx, progress, hold_last,
+        );
         // Workers exit once the job channel is closed (produce dropped the sender).
         let mut results: BTreeMap<u64, Done> = BTreeMap::new();
         let mut first_err: Option<SpaceError> = None;
@@ -98,50 +187,63 @@ pub fn write_stream(
         if let Some(e) = first_err {
             return Err(e);
         }
-        if results.len() as u64 != total_chunks {
-            return Err(SpaceError::Io {
-                context: "write pipeline".into(),
-                source: std::io::Error::other("a worker stopped without reporting"),
-            });
-        }
+        finish(store, results, total_chunks, total_bytes, !hold_last)
+    })
+}
+
+/// Makes the stored objects durable and assembles the content from per-chunk results.
+fn finish(
+    store: &Store,
+    results: BTreeMap<u64, Done>,
+    total_chunks: u64,
+    total_bytes: u64,
+    sync: bool,
+) -> Result<(Content, WriteReport)> {
+    if results.len() as u64 != total_chunks {
+        return Err(SpaceError::Io {
+            context: "write pipeline".into(),
+            source: std::io::Error::other("a worker stopped without reporting"),
+        });
+    }
+    if sync {
         store
             .chunks
             .sync()
             .map_err(|e| SpaceError::io("syncing chunk directories", e))?;
-        let mut report = WriteReport {
-            bytes: total_bytes,
-            chunks: total_chunks,
-            ..Default::default()
-        };
-        // A chunk repeated within the stream may have been reported as reused by one worker
-        // while another wrote it: record the object size on every occurrence.
-        let mut sizes: std::collections::HashMap<ChunkId, u32> = std::collections::HashMap::new();
-        for d in results.values() {
-            let e = sizes.entry(d.chunk.extent.chunk).or_default();
-            *e = (*e).max(d.chunk.stored_len);
-        }
-        let chunks: Vec<ContentChunk> = results
-            .into_values()
-            .map(|d| {
-                if d.reused {
-                    report.reused_chunks += 1;
-                } else {
-                    report.stored_bytes += d.chunk.stored_len as u64;
-                }
-                ContentChunk {
-                    extent: d.chunk.extent,
-                    stored_len: sizes[&d.chunk.extent.chunk],
-                }
-            })
-            .collect();
-        Ok((
-            Content {
-                chunks,
-                size: total_bytes,
-            },
-            report,
-        ))
-    })
+    }
+    let mut report = WriteReport {
+        bytes: total_bytes,
+        chunks: total_chunks,
+        ..Default::default()
+    };
+    // A chunk repeated within the stream may have been reported as reused by one worker
+    // while another wrote it: record the object size on every occurrence.
+    let mut sizes: std::collections::HashMap<ChunkId, u32> = std::collections::HashMap::new();
+    for d in results.values() {
+        let e = sizes.entry(d.chunk.extent.chunk).or_default();
+        *e = (*e).max(d.chunk.stored_len);
+    }
+    let chunks: Vec<ContentChunk> = results
+        .into_values()
+        .map(|d| {
+            if d.reused {
+                report.reused_chunks += 1;
+            } else {
+                report.stored_bytes += d.chunk.stored_len as u64;
+            }
+            ContentChunk {
+                extent: d.chunk.extent,
+                stored_len: sizes[&d.chunk.extent.chunk],
+            }
+        })
+        .collect();
+    Ok((
+        Content {
+            chunks,
+            size: total_bytes,
+        },
+        report,
+    ))
 }
 
 /// Feeds chunks to the workers; returns (chunks, bytes, results drained early).
@@ -152,23 +254,17 @@ fn produce(
     job_tx: SyncSender<Job>,
     done_rx: &Receiver<Result<Done>>,
     progress: &dyn Fn(u64),
+    hold_last: bool,
 ) -> Result<(u64, u64, Vec<Result<Done>>)> {
-    let chunker = fastcdc::v2020::StreamCDC::with_level_and_seed(
-        input,
-        chunking.min_size.0 as u32,
-        chunking.avg_size.0 as u32,
-        chunking.max_size.0 as u32,
-        fastcdc::v2020::Normalization::Level1,
-        store.keys.chunker_seed,
-    );
     let mut seq = 0u64;
     let mut bytes = 0u64;
     let mut early = Vec::new();
-    for c in chunker {
-        let c = c.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(io) => input_error(io),
-            other => SpaceError::io("chunking input", std::io::Error::other(other.to_string())),
-        })?;
+    let mut chunks = chunker(input, chunking, store).peekable();
+    while let Some(c) = chunks.next() {
+        let c = c.map_err(chunking_error)?;
+        if hold_last && chunks.peek().is_none() {
+            break;
+        }
         // Fail fast: stop reading input as soon as a worker reports an error.
         while let Ok(r) = done_rx.try_recv() {
             let failed = r.is_err();

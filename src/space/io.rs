@@ -8,10 +8,11 @@ use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::EncodeSettings;
 use crate::pipeline::read_path::{self, stream_chunks};
 use crate::pipeline::transform::{ChunkTransform, TransformReader};
+use crate::pipeline::write_path::write_prefix;
 use crate::pipeline::{CapsuleReader, WriteReport, write_stream};
 use crate::policy::{Policy, TransformSpec};
 use crate::store::LockMode;
-use crate::store::meta::{Content, NewNode, Node, NodeKind};
+use crate::store::meta::{Content, ContentChunk, NewNode, Node, NodeKind};
 
 /// Options for [`Space::put`].
 #[derive(Debug, Clone, Default)]
@@ -195,6 +196,86 @@ impl Space {
         Ok((node, report))
     }
 
+    /// Holds the store lock (shared, as writers do) until dropped: objects stored ahead of their
+    /// metadata commit (see [`Space::store_prefix`]) must not be collected by a concurrent gc.
+    pub fn hold_for_writing(&self) -> Result<WriteHold> {
+        let path = self.store.dir.join("lock");
+        let file =
+            std::fs::File::open(&path).map_err(|e| SpaceError::io("opening store lock", e))?;
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH) };
+            if r == 0 {
+                return Ok(WriteHold(file));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(SpaceError::io("locking store", e));
+            }
+        }
+    }
+
+    /// Stores, ahead of the commit, the leading chunks of new content for `node` (which must
+    /// have no on-write chain): `data` starts at a chunk boundary (offset 0 or the end of an
+    /// earlier prefix); every chunk but the last is stored. Returns the stored chunks (offsets
+    /// from the start of `data`) and how many bytes they cover. The caller holds a
+    /// [`WriteHold`] until it commits with [`Space::write_content_after`].
+    pub fn store_prefix(&self, node: &Node, data: &[u8]) -> Result<(Content, WriteReport)> {
+        let policy = self.policy_of(node)?;
+        if policy.on_write().next().is_some() {
+            return Err(SpaceError::InvalidArgument(format!(
+                "{}: content with an on-write chain is stored whole",
+                self.describe(node)
+            )));
+        }
+        write_prefix(
+            &self.store,
+            data,
+            policy.chunking,
+            EncodeSettings::from(&policy),
+        )
+    }
+
+    /// Replaces the content of `node` with `prefix` (chunks stored by [`Space::store_prefix`],
+    /// covering `[0, prefix_len)`) followed by `rest`, in one metadata transaction after every
+    /// object is durable.
+    pub fn write_content_after(
+        &self,
+        node: &Node,
+        prefix: &[ContentChunk],
+        prefix_len: u64,
+        rest: &mut dyn Read,
+    ) -> Result<(Node, WriteReport)> {
+        let policy = self.policy_of(node)?;
+        let what = self.describe(node);
+        if policy.on_write().next().is_some() {
+            return Err(SpaceError::InvalidArgument(format!(
+                "{what}: the policy gained an on-write chain while the file was written"
+            )));
+        }
+        let _guard = self.store.lock(LockMode::Shared)?;
+        let (tail, mut report) = self.write_through_policy(rest, &policy, &what, &|_| {})?;
+        // The tail's write synced every object stored before it, the prefix's included; sync
+        // again in case the tail stored nothing (a no-op then for the local backend).
+        self.store
+            .chunks
+            .sync()
+            .map_err(|e| SpaceError::io("syncing chunk directories", e))?;
+        let mut chunks = Vec::with_capacity(prefix.len() + tail.chunks.len());
+        chunks.extend_from_slice(prefix);
+        chunks.extend(tail.chunks.into_iter().map(|mut c| {
+            c.extent.offset += prefix_len;
+            c
+        }));
+        report.bytes += prefix_len;
+        let content = Content {
+            chunks,
+            size: prefix_len + tail.size,
+        };
+        let node = self.store.meta.commit_content(node.ino, &content, None)?;
+        Ok((node, report))
+    }
+
     /// Truncates to zero length (cheap: no chunk is read).
     pub fn clear_content(&self, node: &Node) -> Result<Node> {
         self.store
@@ -220,8 +301,15 @@ impl Space {
         out: &mut dyn Write,
         progress: &dyn Fn(u64),
     ) -> Result<u64> {
-        if node.kind != NodeKind::File {
-            return Err(SpaceError::IsADirectory(self.describe(node)));
+        match node.kind {
+            NodeKind::File => {}
+            NodeKind::Dir => return Err(SpaceError::IsADirectory(self.describe(node))),
+            _ => {
+                return Err(SpaceError::InvalidArgument(format!(
+                    "{} is not a regular file (symlinks and special files have no content)",
+                    self.describe(node)
+                )));
+            }
         }
         let what = self.describe(node);
         let policy = self.policy_of(node)?;
@@ -271,5 +359,15 @@ impl Space {
 
     pub fn describe_chunk_error(&self, node: &Node) -> String {
         read_path::describe(node, &self.describe(node))
+    }
+}
+
+/// The shared store lock, owned (see [`Space::hold_for_writing`]).
+pub struct WriteHold(std::fs::File);
+
+impl Drop for WriteHold {
+    fn drop(&mut self) {
+        // SAFETY: flock on a descriptor we own (closing it would release the lock as well).
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&self.0), libc::LOCK_UN) };
     }
 }

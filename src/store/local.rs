@@ -18,6 +18,9 @@ pub struct LocalBackend {
     tmp: PathBuf,
     /// Fan-out directories that gained entries since the last `sync`.
     dirty_dirs: Mutex<HashSet<u8>>,
+    /// Held across a whole `sync`: a concurrent caller that finds nothing left to sync must
+    /// still wait until the syncfs covering its objects has finished.
+    sync_lock: Mutex<()>,
     seq: AtomicU64,
 }
 
@@ -30,6 +33,7 @@ impl LocalBackend {
             root: root.to_path_buf(),
             tmp,
             dirty_dirs: Mutex::new(HashSet::new()),
+            sync_lock: Mutex::new(()),
             seq: AtomicU64::new(0),
         })
     }
@@ -111,6 +115,7 @@ impl ChunkBackend for LocalBackend {
     }
 
     fn sync(&self) -> io::Result<()> {
+        let _one_at_a_time = self.sync_lock.lock().unwrap_or_else(|p| p.into_inner());
         let dirty = std::mem::take(&mut *self.dirty_dirs.lock().unwrap());
         if dirty.is_empty() {
             return Ok(());
