@@ -106,7 +106,12 @@ fn main() {
     println!(
         "(ratio = throughput / native throughput; pieces above 1 MiB are re-split to P <= 1 MiB)"
     );
-    for (label, img, native) in &cases {
+    // WASM_BENCH_ONLY=<substring> limits the throughput table to matching cases (profiling).
+    let only = std::env::var("WASM_BENCH_ONLY").ok();
+    for (label, img, native) in cases
+        .iter()
+        .filter(|c| only.as_deref().is_none_or(|o| c.0.contains(o)))
+    {
         let prepared = rt.prepare(&spec("bench", img)).unwrap();
         for piece in [64 << 10, 1 << 20, 4 << 20] {
             let d = best(3, || {
