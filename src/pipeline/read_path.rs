@@ -157,6 +157,17 @@ impl ChunkCache {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(d);
         }
+        // A hit now, or decode here and cache the result.
+        let hit_or_load = || {
+            if let Some(d) = self.lookup(id) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(d);
+            }
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let d = Arc::new(load()?);
+            self.insert(*id, Arc::clone(&d));
+            Ok(d)
+        };
         match self.claim(id) {
             Ok(flag) => {
                 let _guard = LoadGuard {
@@ -165,14 +176,7 @@ impl ChunkCache {
                     flag,
                 };
                 // Another decode may have finished between the lookup and the claim.
-                if let Some(d) = self.lookup(id) {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(d);
-                }
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                let d = Arc::new(load()?);
-                self.insert(*id, Arc::clone(&d));
-                Ok(d)
+                hit_or_load()
             }
             Err(flag) => {
                 let mut done = plock(&flag.done);
@@ -180,15 +184,8 @@ impl ChunkCache {
                     done = flag.cv.wait(done).unwrap_or_else(|p| p.into_inner());
                 }
                 drop(done);
-                if let Some(d) = self.lookup(id) {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(d);
-                }
-                // That decode failed (or its result was evicted already): do it here.
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                let d = Arc::new(load()?);
-                self.insert(*id, Arc::clone(&d));
-                Ok(d)
+                // If that decode failed (or its result was evicted already), decode here.
+                hit_or_load()
             }
         }
     }
