@@ -210,16 +210,29 @@ impl SpaceFs {
         Ok(())
     }
 
-    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
+    /// Creates a node of `kind` under a writable `parent`; `adjust` fills kind-specific fields.
+    fn create_node(
+        &self,
+        parent: u64,
+        name: &[u8],
+        kind: NodeKind,
+        mode: u32,
+        caller: Caller,
+        adjust: impl FnOnce(&Node, &mut NewNode) -> FsResult<()>,
+    ) -> FsResult<Node> {
         let p = self.writable_dir(parent)?;
         self.check_new_name(&p, name)?;
-        let new = self.new_node(&p, NodeKind::Dir, mode, caller);
-        let n = self
-            .space
+        let mut new = self.new_node(&p, kind, mode, caller);
+        adjust(&p, &mut new)?;
+        self.space
             .store
             .meta
             .create(p.ino, name, new)
-            .map_err(errno)?;
+            .map_err(errno)
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &[u8], mode: u32, caller: Caller) -> FsResult<Attr> {
+        let n = self.create_node(parent, name, NodeKind::Dir, mode, caller, |_, _| Ok(()))?;
         Ok(self.node_attr(&n))
     }
 
@@ -231,15 +244,10 @@ impl SpaceFs {
         mode: u32,
         caller: Caller,
     ) -> FsResult<Node> {
-        let p = self.writable_dir(parent)?;
-        self.check_new_name(&p, name)?;
-        let mut new = self.new_node(&p, NodeKind::File, mode, caller);
-        new.policy = self.space.inherited_policy(&p).map_err(errno)?;
-        self.space
-            .store
-            .meta
-            .create(p.ino, name, new)
-            .map_err(errno)
+        self.create_node(parent, name, NodeKind::File, mode, caller, |p, new| {
+            new.policy = self.space.inherited_policy(p).map_err(errno)?;
+            Ok(())
+        })
     }
 
     /// mknod(2)/mkfifo(3): a FIFO, socket or device node (`rdev`, a Linux `dev_t`, names the
@@ -266,18 +274,12 @@ impl SpaceFs {
             libc::S_IFDIR => return Err(libc::EPERM),
             _ => return Err(libc::EINVAL),
         };
-        let p = self.writable_dir(parent)?;
-        self.check_new_name(&p, name)?;
-        let mut new = self.new_node(&p, kind, mode, caller);
-        if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
-            new.rdev = rdev;
-        }
-        let n = self
-            .space
-            .store
-            .meta
-            .create(p.ino, name, new)
-            .map_err(errno)?;
+        let n = self.create_node(parent, name, kind, mode, caller, |_, new| {
+            if matches!(kind, NodeKind::CharDevice | NodeKind::BlockDevice) {
+                new.rdev = rdev;
+            }
+            Ok(())
+        })?;
         Ok(self.node_attr(&n))
     }
 
