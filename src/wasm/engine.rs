@@ -177,6 +177,10 @@ fn build_engine(cfg: &EngineConfig, flavour: Flavour) -> Result<Engine, String> 
         .wasm_multi_value(true)
         .memory_init_cow(true)
         .parallel_compilation(true);
+    // SPACE_WASM_PERFMAP=1 writes /tmp/perf-<pid>.map so `perf` can name JIT-compiled guest code.
+    if std::env::var_os("SPACE_WASM_PERFMAP").is_some() {
+        c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if cfg.pooling {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_core_instances(cfg.max_instances)
