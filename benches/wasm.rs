@@ -113,7 +113,15 @@ fn main() {
         .filter(|c| only.as_deref().is_none_or(|o| c.0.contains(o)))
     {
         let prepared = rt.prepare(&spec("bench", img)).unwrap();
-        for piece in [64 << 10, 1 << 20, 4 << 20] {
+        // WASM_BENCH_PIECE=<KiB> limits the table to one piece size (profiling).
+        let pieces: Vec<usize> = match std::env::var("WASM_BENCH_PIECE")
+            .ok()
+            .and_then(|k| k.parse::<usize>().ok())
+        {
+            Some(k) => vec![k << 10],
+            None => vec![64 << 10, 1 << 20, 4 << 20],
+        };
+        for piece in pieces {
             let d = best(3, || {
                 out.clear();
                 let mut t = rt.open_prepared(std::slice::from_ref(&prepared)).unwrap();
@@ -133,6 +141,9 @@ fn main() {
         }
     }
 
+    if only.is_some() {
+        return;
+    }
     println!("\n== fuel vs epoch (uppercase, 1 MiB pieces) ==");
     let epoch = rt.prepare(&spec("up", &up_img)).unwrap();
     let mut fs = spec("upf", &up_img);
