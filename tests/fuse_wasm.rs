@@ -4,28 +4,12 @@
 
 mod fuse_common;
 
-use std::path::PathBuf;
-
 use fuse_common::*;
-
-fn guests() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dist = root.join("examples/guests/dist");
-    if !dist.join("gunzip.wasm").exists() {
-        let ok = std::process::Command::new(root.join("scripts/build-guests.sh"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "building the example guests failed");
-    }
-    dist
-}
 
 #[test]
 fn wasm_chains_through_the_mount() {
     let s = scratch();
-    let g = guests();
+    let g = example_guests();
     for m in ["append_bang", "redact_pii", "grep", "gunzip", "uppercase"] {
         let o = spacectl(
             &s.store,

@@ -3,34 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Once;
-
 use space::Space;
 use space::policy::Policy;
 use space::space::{PutOptions, View};
 use space::store::Unlock;
-
-/// Builds the guests once if `scripts/build-guests.sh` has not been run yet.
-fn dist() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let dist = root.join("examples/guests/dist");
-    BUILD.call_once(|| {
-        if !dist.join("gunzip.wasm").exists() {
-            let ok = std::process::Command::new(root.join("scripts/build-guests.sh"))
-                .stdout(std::process::Stdio::null())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(
-                ok,
-                "building the example guests failed (scripts/build-guests.sh)"
-            );
-        }
-    });
-    dist
-}
 
 /// A store with its runtime and every example module added under /wasm.
 fn store_with_modules() -> (tempfile::TempDir, Space) {
@@ -46,7 +22,7 @@ fn store_with_modules() -> (tempfile::TempDir, Space) {
         "csv2jsonl",
         "gunzip",
     ] {
-        let bytes = std::fs::read(dist().join(format!("{m}.wasm"))).unwrap();
+        let bytes = std::fs::read(common::example_guests().join(format!("{m}.wasm"))).unwrap();
         let opts = PutOptions {
             policy: Some(Policy::default()),
             parents: true,
@@ -330,7 +306,7 @@ fn a_trapping_module_fails_that_read_only_and_names_transform_and_chunk() {
 #[test]
 fn cli_transform_run_and_module_commands() {
     let (t, dir) = common::new_store();
-    let dist = dist();
+    let dist = common::example_guests();
     let o = common::spacectl(
         &dir,
         &[
@@ -461,7 +437,7 @@ fn cli_transform_run_and_module_commands() {
 #[test]
 fn compiled_artifacts_persist_across_processes() {
     let (t, dir) = common::new_store();
-    let dist = dist();
+    let dist = common::example_guests();
     assert!(
         common::spacectl(
             &dir,

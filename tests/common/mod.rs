@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Once;
 
 use space::Space;
 use space::store::{InitOptions, Store, Unlock};
@@ -84,4 +85,26 @@ pub fn read_capsule(space: &Space, path: &str) -> Vec<u8> {
     space
         .read_all(&node, space::space::View::Raw)
         .expect("read")
+}
+
+/// The example guests' .wasm files, built once per test process if
+/// `scripts/build-guests.sh` has not been run yet.
+pub fn example_guests() -> PathBuf {
+    static BUILD: Once = Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dist = root.join("examples/guests/dist");
+    BUILD.call_once(|| {
+        if !dist.join("gunzip.wasm").exists() {
+            let ok = Command::new(root.join("scripts/build-guests.sh"))
+                .stdout(std::process::Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok,
+                "building the example guests failed (scripts/build-guests.sh)"
+            );
+        }
+    });
+    dist
 }

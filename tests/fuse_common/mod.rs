@@ -11,6 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use space::Space;
+
+#[path = "../common/mod.rs"]
+mod common;
+// Each test crate uses a different subset of these helpers.
+#[allow(unused_imports)]
+pub use common::{example_guests, random_bytes};
 use space::fs::options::MountOptions;
 use space::fs::{FsOptions, SpaceFs};
 use space::store::{InitOptions, Store, Unlock};
@@ -267,20 +273,6 @@ pub fn sh(cmd: &str) -> Output {
 
 pub fn sh_out(cmd: &str) -> String {
     String::from_utf8(sh(cmd).stdout).unwrap()
-}
-
-/// Deterministic incompressible bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 pub fn spacectl(store: &Path, args: &[&str]) -> Output {
