@@ -104,7 +104,9 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
             target,
             output,
             raw,
-        } => get(space, target, output.as_deref(), *raw),
+            view,
+        } => get(space, target, output.as_deref(), *raw, view.as_deref()),
+        Command::Cache { action } => cache(space, action),
         Command::Ls { path, long } => ls(space, path, *long),
         Command::Stat { target } => stat(space, target),
         Command::Rm { path, recursive } => {
@@ -246,9 +248,19 @@ fn put(
     Ok(0)
 }
 
-fn get(space: &Space, target: &str, output: Option<&Path>, raw: bool) -> Result<i32> {
+fn get(
+    space: &Space,
+    target: &str,
+    output: Option<&Path>,
+    raw: bool,
+    named: Option<&str>,
+) -> Result<i32> {
     let (node, path) = space.resolve_target(target)?;
     let view = if raw { View::Raw } else { View::Transformed };
+    let read_to = |out: &mut dyn Write, progress: &dyn Fn(u64)| match named {
+        Some(v) => space.read_view_to(&node, Some(v), out, progress),
+        None => space.read_to(&node, view, out, progress),
+    };
     let pb = progress_bar(Some(node.size), &format!("get {path}"));
     let progress = |n: u64| {
         if let Some(pb) = &pb {
@@ -259,8 +271,7 @@ fn get(space: &Space, target: &str, output: Option<&Path>, raw: bool) -> Result<
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            space
-                .read_to(&node, view, &mut out, &progress)
+            read_to(&mut out, &progress)
                 .map_err(anyhow::Error::from)
                 .and_then(|n| out.flush().map(|_| n).map_err(anyhow::Error::from))
         }
@@ -271,7 +282,7 @@ fn get(space: &Space, target: &str, output: Option<&Path>, raw: bool) -> Result<
                 let f = std::fs::File::create(&tmp)
                     .with_context(|| format!("creating {}", tmp.display()))?;
                 let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-                let n = space.read_to(&node, view, &mut out, &progress)?;
+                let n = read_to(&mut out, &progress)?;
                 out.flush()?;
                 out.get_ref().sync_all()?;
                 std::fs::rename(&tmp, file)
@@ -362,6 +373,96 @@ fn stat(space: &Space, target: &str) -> Result<i32> {
             }
         }
         None => println!("policy:   (none)"),
+    }
+    if node.kind == NodeKind::File {
+        if let Some(p) = space.store.meta.provenance(node.ino)? {
+            println!("provenance (on-write chain):");
+            for line in p.lines() {
+                println!("  {line}");
+            }
+        }
+        stat_views(space, &node)?;
+    }
+    Ok(0)
+}
+
+/// The capsule's views and whether each is materialized in the derived-output cache.
+fn stat_views(space: &Space, node: &crate::store::meta::Node) -> Result<()> {
+    let policy = space.policy_of(node)?;
+    let mut views: Vec<Option<&str>> = Vec::new();
+    if policy.on_read().next().is_some() {
+        views.push(None);
+    }
+    views.extend(policy.views.keys().map(|k| Some(&**k)));
+    for v in views {
+        let name = v.unwrap_or("default");
+        match space.derivation(node, v) {
+            Ok(Some(d)) => match space.store.meta.derived_get(&d.key)? {
+                Some(e) => {
+                    println!("view {name}: cached, {} ({})", e.size, human_bytes(e.size));
+                    for line in e.provenance.lines() {
+                        println!("  {line}");
+                    }
+                }
+                None => println!("view {name}: not cached"),
+            },
+            Ok(None) => {}
+            Err(e) => println!("view {name}: unavailable: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn cache(space: &Space, action: &super::CacheAction) -> Result<i32> {
+    use super::CacheAction;
+    match action {
+        CacheAction::Stats => {
+            let t = space.derived_totals()?;
+            let budget = space.store.config.derived_cache_bytes;
+            println!("entries: {}", t.entries);
+            println!("bytes:   {} ({})", t.bytes, human_bytes(t.bytes));
+            println!("budget:  {} ({})", budget, human_bytes(budget));
+            println!("hits:    {}", t.hits);
+        }
+        CacheAction::Clear => {
+            let (dropped, gc) = space.cache_clear()?;
+            println!(
+                "dropped {} entries ({}); removed {} chunks ({})",
+                dropped.entries,
+                human_bytes(dropped.bytes),
+                gc.chunks_removed,
+                human_bytes(gc.bytes_freed)
+            );
+        }
+        CacheAction::Warm { targets, view } => {
+            for t in targets {
+                let (node, path) = space.resolve_target(t)?;
+                let walking = node.kind == NodeKind::Dir;
+                for (node, path) in space.files_under(&node, &path)? {
+                    if walking
+                        && space
+                            .policy_of(&node)?
+                            .view_chain(view.as_deref())
+                            .is_none()
+                    {
+                        continue; // capsules without this view are not an error in a tree
+                    }
+                    let pb = progress_bar(Some(node.size), &format!("warm {path}"));
+                    let r = space.warm(&node, view.as_deref(), &|n| {
+                        if let Some(pb) = &pb {
+                            pb.set_position(n)
+                        }
+                    });
+                    if let Some(pb) = &pb {
+                        pb.finish_and_clear();
+                    }
+                    match r.with_context(|| format!("warming {path}"))? {
+                        Some(e) => println!("{path}: {} ({})", e.size, human_bytes(e.size)),
+                        None => println!("{path}: no transforms (nothing to cache)"),
+                    }
+                }
+            }
+        }
     }
     Ok(0)
 }

@@ -59,8 +59,11 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
         /// The stored bytes, without on-read transforms.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "view")]
         raw: bool,
+        /// A named view from the capsule's policy (`views:`) instead of the default one.
+        #[arg(long, value_name = "NAME")]
+        view: Option<String>,
     },
     /// List a directory.
     Ls {
@@ -99,6 +102,11 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyAction,
     },
+    /// The derived-output cache: materialized views of capsules.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Verify metadata and every stored chunk; exits non-zero on damage.
     Fsck,
     /// Remove unreferenced chunks and leftovers of interrupted writes.
@@ -132,7 +140,7 @@ pub enum Command {
     },
     /// Unmount a spacefs mount (pending writes are committed first).
     Umount { mountpoint: PathBuf },
-    /// Show or change store settings (require_signatures, chunk_cache_bytes).
+    /// Show or change store settings (require_signatures, chunk_cache_bytes, derived_cache_bytes).
     Config {
         #[command(subcommand)]
         action: ConfigAction,
@@ -197,8 +205,26 @@ pub enum TriggerArg {
 pub enum ConfigAction {
     /// Print store.yaml.
     Show,
-    /// Set a setting: require_signatures (true|false) or chunk_cache_bytes (a size).
+    /// Set a setting: require_signatures (true|false), chunk_cache_bytes or derived_cache_bytes
+    /// (sizes like 64MiB; derived_cache_bytes 0 turns the derived-output cache off).
     Set { key: String, value: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheAction {
+    /// Entries, bytes and hits of the cache, and its budget.
+    Stats,
+    /// Drop every cached view output and reclaim its chunks.
+    Clear,
+    /// Materialize views ahead of reads (every capsule under a directory), with progress.
+    Warm {
+        /// Capsules or directories (recursively).
+        #[arg(required = true)]
+        targets: Vec<String>,
+        /// A named view instead of the default (on-read) one.
+        #[arg(long, value_name = "NAME")]
+        view: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

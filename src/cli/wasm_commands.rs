@@ -152,9 +152,15 @@ pub fn config(space: &Space, action: &ConfigAction) -> Result<i32> {
                         .map_err(|e| anyhow!(UsageError(e)))?
                         .0
                 }
+                "derived_cache_bytes" => {
+                    config.derived_cache_bytes = value
+                        .parse::<ByteSize>()
+                        .map_err(|e| anyhow!(UsageError(e)))?
+                        .0
+                }
                 other => {
                     return Err(anyhow!(UsageError(format!(
-                        "unknown setting `{other}` (settable: require_signatures, chunk_cache_bytes)"
+                        "unknown setting `{other}` (settable: require_signatures, chunk_cache_bytes, derived_cache_bytes)"
                     ))));
                 }
             }

@@ -9,13 +9,11 @@ use std::sync::{Arc, Mutex};
 
 use super::handles::{Eager, Handle, HandleKind, InodeState, OpenInode};
 use super::inode_table::{InoKind, classify};
-use super::read_stream::ChainStream;
 use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
 use crate::pipeline::CapsuleReader;
 use crate::pipeline::read_path::load_chunk;
-use crate::policy::TransformSpec;
 use crate::store::meta::{Node, NodeKind, SetAttr};
 
 /// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
@@ -142,11 +140,11 @@ impl SpaceFs {
         Ok(())
     }
 
-    fn name_of(&self, node: &Node) -> String {
+    pub(crate) fn name_of(&self, node: &Node) -> String {
         self.space.describe(node)
     }
 
-    fn new_reader(&self, node: &Node, name: &str) -> CapsuleReader {
+    pub(crate) fn new_reader(&self, node: &Node, name: &str) -> CapsuleReader {
         CapsuleReader::new(
             Arc::clone(&self.space.store),
             Arc::clone(&self.space.cache),
@@ -156,7 +154,7 @@ impl SpaceFs {
     }
 
     /// Registers one more handle on `node`'s inode state.
-    fn acquire(&self, node: &Node, on_write: bool) -> Arc<OpenInode> {
+    pub(crate) fn acquire(&self, node: &Node, on_write: bool) -> Arc<OpenInode> {
         let mut map = lock(&self.open);
         let inode = map
             .entry(node.ino)
@@ -189,7 +187,7 @@ impl SpaceFs {
             if let Err(e) = self.space.store.meta.purge_orphan(inode.ino) {
                 log::warn!("inode {}: removing unlinked file failed: {e}", inode.ino);
             }
-            lock(&self.transformed_sizes).remove(&inode.ino);
+            lock(&self.transformed_sizes).retain(|k, _| k.0 != inode.ino);
             lock(&self.cached_versions).remove(&inode.ino);
         }
     }
@@ -230,35 +228,10 @@ impl SpaceFs {
                     self.check_writable()?;
                 }
                 let chains = self.chains(&node);
-                let inode = self.acquire(&node, chains.on_write);
                 if chains.on_read && !write {
-                    let name = self.name_of(&node);
-                    let specs = match self.space.policy_of(&node) {
-                        Ok(p) => p.on_read().cloned().collect::<Vec<TransformSpec>>(),
-                        Err(e) => {
-                            self.unacquire(&inode);
-                            return Err(errno(e));
-                        }
-                    };
-                    let space = Arc::clone(&self.space);
-                    let what = name.clone();
-                    let stream = ChainStream::new(
-                        self.new_reader(&node, &name),
-                        name,
-                        Box::new(move || space.open_chain(&specs, &what)),
-                    );
-                    let fh = self.handles.insert(Handle {
-                        kind: HandleKind::Stream {
-                            inode,
-                            stream: Mutex::new(stream),
-                        },
-                    });
-                    return Ok(Opened {
-                        fh,
-                        direct_io: true,
-                        keep_cache: false,
-                    });
+                    return self.open_view(&node, None, 0);
                 }
+                let inode = self.acquire(&node, chains.on_write);
                 // A capsule with an on-write chain may be opened for writing, but only a whole
                 // rewrite is accepted: the first write fails with EPERM unless the content was
                 // truncated to 0 first (O_TRUNC does that) — see `ensure_buffer`.
@@ -299,8 +272,9 @@ impl SpaceFs {
                 let name = format!("{} (raw)", self.name_of(&node));
                 let reader = self.new_reader(&node, &name);
                 let fh = self.handles.insert(Handle {
-                    kind: HandleKind::Raw {
+                    kind: HandleKind::Reader {
                         reader: Mutex::new(reader),
+                        inode: None,
                     },
                 });
                 Ok(Opened {
@@ -323,7 +297,20 @@ impl SpaceFs {
                     keep_cache: false,
                 })
             }
-            InoKind::SpaceDir | InoKind::ById => Err(libc::EISDIR),
+            InoKind::View { view, ino: i } => {
+                if write {
+                    return Err(libc::EROFS);
+                }
+                let node = self.node(i)?;
+                match node.kind {
+                    NodeKind::File => {}
+                    NodeKind::Dir => return Err(libc::EISDIR),
+                    _ => return Err(libc::ENOENT),
+                }
+                let name = self.view_name(view)?;
+                self.open_view(&node, Some(&name), view)
+            }
+            InoKind::SpaceDir | InoKind::ById | InoKind::ViewsDir => Err(libc::EISDIR),
             InoKind::Unknown => Err(libc::ENOENT),
         }
     }
@@ -382,7 +369,11 @@ impl SpaceFs {
                     }
                 }
             }
-            HandleKind::Stream { inode, stream } => {
+            HandleKind::Stream {
+                inode,
+                view,
+                stream,
+            } => {
                 let mut s = lock(stream);
                 let out = s.read(offset, size).map_err(|e| {
                     // Names capsule, transform and chunk; only this handle fails.
@@ -390,11 +381,11 @@ impl SpaceFs {
                     libc::EIO
                 })?;
                 if let Some(total) = s.known_size() {
-                    lock(&self.transformed_sizes).insert(inode.ino, (s.version(), total));
+                    lock(&self.transformed_sizes).insert((inode.ino, *view), (s.version(), total));
                 }
                 out
             }
-            HandleKind::Raw { reader } => {
+            HandleKind::Reader { reader, .. } => {
                 let mut out = vec![0u8; size];
                 let n = lock(reader).read_at(offset, &mut out).map_err(errno)?;
                 out.truncate(n);
@@ -544,9 +535,11 @@ impl SpaceFs {
     fn handle_inode(&self, fh: u64) -> FsResult<Option<Arc<OpenInode>>> {
         let h = self.handles.get(fh).ok_or(libc::EBADF)?;
         Ok(match &h.kind {
-            HandleKind::File { inode, .. } | HandleKind::Stream { inode, .. } => {
-                Some(Arc::clone(inode))
-            }
+            HandleKind::File { inode, .. }
+            | HandleKind::Stream { inode, .. }
+            | HandleKind::Reader {
+                inode: Some(inode), ..
+            } => Some(Arc::clone(inode)),
             _ => None,
         })
     }
@@ -569,7 +562,11 @@ impl SpaceFs {
             return Err(libc::EBADF);
         };
         let inode = match &h.kind {
-            HandleKind::File { inode, .. } | HandleKind::Stream { inode, .. } => Arc::clone(inode),
+            HandleKind::File { inode, .. }
+            | HandleKind::Stream { inode, .. }
+            | HandleKind::Reader {
+                inode: Some(inode), ..
+            } => Arc::clone(inode),
             _ => return Ok(()),
         };
         let r = self.commit(&inode);

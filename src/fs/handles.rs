@@ -88,13 +88,19 @@ pub(crate) enum HandleKind {
         reader: Mutex<Option<CapsuleReader>>,
         name: String,
     },
-    /// A capsule through its on-read chain (read-only, direct I/O).
+    /// A capsule through a view's chain, computed as it is read (read-only, direct I/O).
     Stream {
         inode: Arc<OpenInode>,
-        stream: Mutex<ChainStream>,
+        /// 0 for the default view, else the mount's number of a named view.
+        view: u32,
+        stream: Box<Mutex<ChainStream>>,
     },
-    /// `/.space/raw/...`: stored bytes, read-only.
-    Raw { reader: Mutex<CapsuleReader> },
+    /// Fixed stored bytes, read-only, random access: `/.space/raw/...` and materialized views
+    /// (which hold their capsule's inode, so it outlives an unlink while open).
+    Reader {
+        reader: Mutex<CapsuleReader>,
+        inode: Option<Arc<OpenInode>>,
+    },
     /// A snapshot of a virtual file's text.
     Bytes(Vec<u8>),
     /// A directory listing, snapshotted when reading starts.

@@ -19,6 +19,7 @@ pub mod ops;
 pub mod options;
 pub mod read_stream;
 pub mod stats;
+pub mod view_tree;
 pub mod virtual_tree;
 pub mod write_buffer;
 pub mod xattr;
@@ -148,8 +149,11 @@ pub struct SpaceFs {
     pub(crate) handles: HandleTable,
     /// Inodes with open handles (their dirty state lives there).
     pub(crate) open: Mutex<HashMap<Ino, Arc<OpenInode>>>,
-    /// Output sizes of on-read chains, learned when a stream reached its end: ino → (version, size).
-    pub(crate) transformed_sizes: Mutex<HashMap<Ino, (u64, u64)>>,
+    /// Output sizes of views not kept in the cache, learned when a stream reached its end:
+    /// (ino, view number; 0 = default view) → (version, size).
+    pub(crate) transformed_sizes: Mutex<HashMap<(Ino, view_tree::ViewId), (u64, u64)>>,
+    /// Named views seen by this mount ↔ numbers in their inode numbers.
+    pub(crate) views: Mutex<view_tree::ViewRegistry>,
     /// Version whose bytes the kernel page cache may hold, per inode (for FOPEN_KEEP_CACHE).
     pub(crate) cached_versions: Mutex<HashMap<Ino, u64>>,
     chains: Mutex<HashMap<String, Chains>>,
@@ -184,6 +188,7 @@ impl SpaceFs {
             handles: HandleTable::default(),
             open: Mutex::new(HashMap::new()),
             transformed_sizes: Mutex::new(HashMap::new()),
+            views: Mutex::default(),
             cached_versions: Mutex::new(HashMap::new()),
             chains: Mutex::new(HashMap::new()),
             spill_dir,

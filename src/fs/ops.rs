@@ -97,10 +97,7 @@ impl SpaceFs {
             } else if self.chains(node).on_read {
                 // Unknown until a stream reached the end: 0 makes `tail`, `cp`, … read to EOF
                 // (docs/SEMANTICS.md, "Sizes of transformed capsules").
-                size = match lock(&self.transformed_sizes).get(&node.ino) {
-                    Some((v, s)) if *v == node.version => *s,
-                    _ => 0,
-                };
+                size = self.view_size(node, None, 0);
             }
         }
         Attr {

@@ -7,6 +7,7 @@
 
 use crate::error::{Result, SpaceError};
 use crate::pipeline::{CapsuleReader, ChunkTransform};
+use crate::space::views::DerivedWriter;
 
 /// Stored bytes fed to the chain per step.
 const PIECE: usize = 256 * 1024;
@@ -25,6 +26,9 @@ pub struct ChainStream {
     finished: bool,
     /// A failure sticks to the handle: later reads fail too.
     failed: Option<String>,
+    /// Stores the output in the derived-output cache as it is produced; dropped (storing
+    /// nothing) if the stream restarts or fails.
+    writer: Option<DerivedWriter>,
 }
 
 impl ChainStream {
@@ -32,6 +36,7 @@ impl ChainStream {
         reader: CapsuleReader,
         name: String,
         open_chain: Box<dyn Fn() -> Result<Box<dyn ChunkTransform>> + Send>,
+        writer: Option<DerivedWriter>,
     ) -> ChainStream {
         ChainStream {
             reader,
@@ -44,6 +49,7 @@ impl ChainStream {
             piece: Vec::new(),
             finished: false,
             failed: None,
+            writer,
         }
     }
 
@@ -58,6 +64,7 @@ impl ChainStream {
     }
 
     fn restart(&mut self) {
+        self.writer = None;
         self.chain = None;
         self.fed = 0;
         self.out_start = 0;
@@ -76,6 +83,7 @@ impl ChainStream {
         }
         let n = self.reader.read_at(self.fed, &mut self.piece)?;
         let what = |e| SpaceError::Transform(format!("{}: {e}", self.name));
+        let before = self.out.len();
         if n == 0 {
             chain.finish(&mut self.out).map_err(what)?;
             self.finished = true;
@@ -85,6 +93,17 @@ impl ChainStream {
                 .process(&self.piece[..n], &mut self.out)
                 .map_err(what)?;
             self.fed += n as u64;
+        }
+        if let Some(w) = self.writer.as_mut() {
+            w.push(&self.out[before..]);
+        }
+        if self.finished {
+            if let Some(w) = self.writer.take() {
+                match w.finish() {
+                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
+                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
+                }
+            }
         }
         Ok(())
     }
@@ -113,6 +132,7 @@ impl ChainStream {
             if let Err(e) = self.step() {
                 self.failed = Some(e.to_string());
                 self.chain = None;
+                self.writer = None;
                 return Err(e);
             }
         }

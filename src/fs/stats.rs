@@ -90,6 +90,26 @@ impl Stats {
             }
             Err(e) => line("store_stats_error", e.to_string()),
         }
+        // The derived-output cache (materialized views): this mount's counters, then the
+        // store's totals.
+        let d = space.derived_counters();
+        line("derived_hits", g(&d.hits).to_string());
+        line("derived_misses", g(&d.misses).to_string());
+        line("derived_stored", g(&d.stored).to_string());
+        line("derived_stored_bytes", g(&d.stored_bytes).to_string());
+        line("derived_evicted", g(&d.evicted).to_string());
+        line("derived_abandoned", g(&d.abandoned).to_string());
+        match space.derived_totals() {
+            Ok(t) => {
+                line("derived_entries", t.entries.to_string());
+                line("derived_bytes", t.bytes.to_string());
+                line(
+                    "derived_budget",
+                    space.store.config.derived_cache_bytes.to_string(),
+                );
+            }
+            Err(e) => line("derived_stats_error", e.to_string()),
+        }
         line("wasm_calls", g(&self.transform_calls).to_string());
         line("wasm_failures", g(&self.transform_failures).to_string());
         line("wasm_traps", g(&self.transform_traps).to_string());
@@ -123,6 +143,13 @@ impl TransformFactory for CountingFactory {
                 Err(e)
             }
         }
+    }
+
+    fn identify(
+        &self,
+        specs: &[TransformSpec],
+    ) -> Result<Vec<crate::pipeline::transform::ModuleIdentity>, TransformError> {
+        self.inner.identify(specs)
     }
 }
 

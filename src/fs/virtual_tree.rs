@@ -1,9 +1,12 @@
 //! The virtual `/.space` directory: `raw/<path>` (stored bytes, no on-read chain), `by-id/<uuid>`
-//! (a capsule by UUID; not listable) and `stats` (counters, read-only). Hidden from the root's
+//! (a capsule by UUID; not listable), `views/<view>/<path>` (named views, see `view_tree`) and
+//! `stats` (counters, read-only). Hidden from the root's
 //! listing so `find`, `du` and `rm -r` never walk it; reachable by name.
 
 use super::handles::DirEntry;
-use super::inode_table::{BY_ID_DIR, InoKind, RAW_DIR, SPACE_DIR, STATS_FILE, classify, raw_ino};
+use super::inode_table::{
+    BY_ID_DIR, InoKind, RAW_DIR, SPACE_DIR, STATS_FILE, VIEWS_DIR, classify, raw_ino,
+};
 use super::{Attr, FsResult, Kind, SpaceFs, errno};
 use crate::store::meta::Node;
 
@@ -46,7 +49,10 @@ impl SpaceFs {
 
     pub(crate) fn virtual_attr(&self, ino: u64) -> FsResult<Attr> {
         match classify(ino) {
-            InoKind::SpaceDir | InoKind::ById => Ok(self.synthetic(ino, Kind::Dir, 0o555)),
+            InoKind::SpaceDir | InoKind::ById | InoKind::ViewsDir => {
+                Ok(self.synthetic(ino, Kind::Dir, 0o555))
+            }
+            InoKind::View { view, ino } => self.view_node_attr(view, ino),
             InoKind::Stats => Ok(self.synthetic(ino, Kind::File, 0o444)),
             InoKind::Raw(i) => Ok(self.raw_attr(&self.node(i)?)),
             InoKind::Store(_) | InoKind::Unknown => Err(libc::ENOENT),
@@ -59,8 +65,11 @@ impl SpaceFs {
                 b"raw" => self.virtual_attr(RAW_DIR),
                 b"by-id" => self.virtual_attr(BY_ID_DIR),
                 b"stats" => self.virtual_attr(STATS_FILE),
+                b"views" => self.virtual_attr(VIEWS_DIR),
                 _ => Err(libc::ENOENT),
             },
+            InoKind::ViewsDir => self.views_lookup(name),
+            InoKind::View { view, ino } => self.view_lookup(view, ino, name),
             InoKind::ById => {
                 let id = std::str::from_utf8(name)
                     .ok()
@@ -101,7 +110,10 @@ impl SpaceFs {
                 e(RAW_DIR, b"raw", Kind::Dir),
                 e(BY_ID_DIR, b"by-id", Kind::Dir),
                 e(STATS_FILE, b"stats", Kind::File),
+                e(VIEWS_DIR, b"views", Kind::Dir),
             ]),
+            InoKind::ViewsDir => self.views_list(),
+            InoKind::View { view, ino } => self.view_list(view, ino),
             InoKind::ById => Ok(Vec::new()),
             InoKind::Raw(i) => Ok(self
                 .space

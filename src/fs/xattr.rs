@@ -1,5 +1,6 @@
 //! Extended attributes: `user.*`, `trusted.*` and `security.*` are stored with the node;
-//! `user.space.policy` reads and sets the node's policy YAML; `user.space.id` shows its UUID.
+//! `user.space.policy` reads and sets the node's policy YAML; `user.space.id` shows its UUID;
+//! `user.space.provenance` shows which modules produced the bytes (read-only).
 //! `system.*` (POSIX ACLs) is not supported.
 
 use super::inode_table::{InoKind, classify};
@@ -9,6 +10,9 @@ use crate::store::meta::NodeKind;
 
 pub const POLICY_XATTR: &str = "user.space.policy";
 pub const ID_XATTR: &str = "user.space.id";
+/// What produced the bytes a reader sees (read-only): the on-write chain's record for stored
+/// bytes, or the derived entry's for a materialized view.
+pub const PROVENANCE_XATTR: &str = "user.space.provenance";
 
 /// setxattr flags.
 const XATTR_CREATE: i32 = 1;
@@ -33,7 +37,40 @@ impl SpaceFs {
         }
     }
 
+    /// Provenance of what `ino` reads as: for a capsule, the on-write chain's record, else its
+    /// materialized default view's; for a named view, that view's entry.
+    fn provenance(&self, ino: u64) -> FsResult<Option<String>> {
+        let (i, view) = match classify(ino) {
+            InoKind::Store(i) => (i, None),
+            InoKind::View { view, ino } => (ino, Some(self.view_name(view)?)),
+            _ => return Ok(None),
+        };
+        let node = self.node(i)?;
+        if node.kind != NodeKind::File {
+            return Ok(None);
+        }
+        if view.is_none() {
+            if let Some(p) = self.space.store.meta.provenance(i).map_err(errno)? {
+                return Ok(Some(p));
+            }
+        }
+        let Ok(Some(d)) = self.space.derivation(&node, view.as_deref()) else {
+            return Ok(None);
+        };
+        Ok(self
+            .space
+            .materialized(&d)
+            .map_err(errno)?
+            .map(|e| e.provenance))
+    }
+
     pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        if name == PROVENANCE_XATTR {
+            return self
+                .provenance(ino)?
+                .map(String::into_bytes)
+                .ok_or(libc::ENODATA);
+        }
         let (i, _) = self.xattr_target(ino)?;
         let node = self.node(i)?;
         match name {
@@ -62,7 +99,7 @@ impl SpaceFs {
         }
         let node = self.node(i)?;
         match name {
-            ID_XATTR => Err(libc::EPERM),
+            ID_XATTR | PROVENANCE_XATTR => Err(libc::EPERM),
             POLICY_XATTR => {
                 if node.kind == NodeKind::Symlink {
                     return Err(libc::EPERM);
@@ -110,8 +147,12 @@ impl SpaceFs {
 
     /// Names, each followed by a NUL (the listxattr wire format).
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let provenance = matches!(self.provenance(ino), Ok(Some(_)));
         let (i, _) = match self.xattr_target(ino) {
             Ok(t) => t,
+            Err(libc::ENODATA) if provenance => {
+                return Ok(format!("{PROVENANCE_XATTR}\0").into_bytes());
+            }
             Err(libc::ENODATA) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
@@ -119,6 +160,9 @@ impl SpaceFs {
         let mut names = vec![ID_XATTR.to_string()];
         if node.policy.is_some() || node.kind == NodeKind::File {
             names.push(POLICY_XATTR.to_string());
+        }
+        if provenance {
+            names.push(PROVENANCE_XATTR.to_string());
         }
         names.extend(self.space.store.meta.list_xattr(i).map_err(errno)?);
         let mut out = Vec::new();
@@ -135,7 +179,7 @@ impl SpaceFs {
             return Err(libc::EROFS);
         }
         match name {
-            ID_XATTR => Err(libc::EPERM),
+            ID_XATTR | PROVENANCE_XATTR => Err(libc::EPERM),
             POLICY_XATTR => {
                 let node = self.node(i)?;
                 if node.policy.is_none() {

@@ -307,12 +307,24 @@ impl CapsuleReader {
         node: &Node,
         name: String,
     ) -> CapsuleReader {
+        Self::for_extents(store, cache, node.ino, node.size, node.version, name)
+    }
+
+    /// A reader of the extents filed under `ino` (a node, or a derived entry's pseudo-inode).
+    pub fn for_extents(
+        store: Arc<Store>,
+        cache: Arc<ChunkCache>,
+        ino: Ino,
+        size: u64,
+        version: u64,
+        name: String,
+    ) -> CapsuleReader {
         CapsuleReader {
             store,
             cache,
-            ino: node.ino,
-            size: node.size,
-            version: node.version,
+            ino,
+            size,
+            version,
             name,
             window: Vec::new(),
             last_end: None,
@@ -425,6 +437,18 @@ pub fn stream_chunks(
     name: &str,
     sink: &mut dyn FnMut(&[u8]) -> Result<()>,
 ) -> Result<u64> {
+    stream_extents(store, node.ino, node.size, name, sink)
+}
+
+/// [`stream_chunks`] over the extents filed under `ino` (a node or a derived entry), which
+/// must cover exactly `size` bytes.
+pub fn stream_extents(
+    store: &Store,
+    ino: Ino,
+    size: u64,
+    name: &str,
+    sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+) -> Result<u64> {
     let n_workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
@@ -457,8 +481,8 @@ pub fn stream_chunks(
         let feeder = scope.spawn(move || -> Result<u64> {
             let mut offset = 0u64;
             let mut seq = 0u64;
-            while offset < node.size {
-                let window = store.meta.extents_from(node.ino, offset, WINDOW)?;
+            while offset < size {
+                let window = store.meta.extents_from(ino, offset, WINDOW)?;
                 if window.is_empty() {
                     break;
                 }
@@ -505,9 +529,9 @@ pub fn stream_chunks(
         drop(done_rx);
         let fed = feeder.join().expect("feeder thread panicked")?;
         result?;
-        if next != fed || total != node.size {
+        if next != fed || total != size {
             return Err(SpaceError::Integrity {
-                context: format!("{name}: chunks cover {total} of {} bytes", node.size),
+                context: format!("{name}: chunks cover {total} of {size} bytes"),
                 chunk: ChunkId([0; 32]),
                 reason: "chunk list does not match the capsule size".into(),
             });

@@ -80,12 +80,28 @@ pub enum TransformFailure {
     InvalidState(String),
 }
 
+/// One module of a chain as it will run: what its output depends on, and who vouched for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleIdentity {
+    /// The transform's name in the policy.
+    pub name: String,
+    /// Hex sha256 of the module bytes.
+    pub sha256: String,
+    /// Hex sha256 of the canonical argument encoding handed to `configure` (docs/ABI.md).
+    pub args_sha256: String,
+    /// The trusted publisher whose signature verified, if the module is signed.
+    pub publisher: Option<String>,
+}
+
 /// Builds chains from policy entries (implemented by the WASM runtime).
 pub trait TransformFactory: Send + Sync {
     fn open_chain(
         &self,
         specs: &[TransformSpec],
     ) -> Result<Box<dyn ChunkTransform>, TransformError>;
+
+    /// Resolves and verifies each module (as `open_chain` would) without instantiating it.
+    fn identify(&self, specs: &[TransformSpec]) -> Result<Vec<ModuleIdentity>, TransformError>;
 }
 
 /// Adapts a `Read` through a transform, so the rest of the write path sees plain bytes.

@@ -241,6 +241,7 @@ fn finish(
         Content {
             chunks,
             size: total_bytes,
+            provenance: None,
         },
         report,
     ))

@@ -7,6 +7,8 @@
 mod size;
 mod transform;
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub use size::ByteSize;
@@ -58,6 +60,17 @@ pub struct Policy {
     pub encryption: bool,
     #[serde(default)]
     pub chunking: Chunking,
+    /// Named views: extra on-read chains, each readable at `/.space/views/<name>/<path>` and
+    /// with `spacectl get --view <name>` (docs/POLICY.md).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub views: BTreeMap<TransformName, Vec<TransformSpec>>,
+    /// Keep the outputs of on-read chains and views in the store's derived-output cache.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub cache: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 fn default_true() -> bool {
@@ -72,6 +85,8 @@ impl Default for Policy {
             dedup: true,
             encryption: true,
             chunking: Chunking::default(),
+            views: BTreeMap::new(),
+            cache: true,
         }
     }
 }
@@ -121,20 +136,51 @@ impl Policy {
         serde_yaml::to_string(self).expect("policy serializes")
     }
 
-    /// Checks that need the whole policy (names unique within the chain).
+    /// Checks that need the whole policy (names unique within a chain; views read-only).
     fn validate(&self) -> Result<(), PolicyError> {
-        let mut seen = std::collections::HashSet::new();
-        for (i, t) in self.transform.iter().enumerate() {
-            if !seen.insert(&*t.name) {
-                return Err(PolicyError {
-                    message: format!("duplicate transform name `{}`", t.name),
-                    line: None,
-                    column: None,
-                    field: Some(format!("transform[{i}].name")),
-                });
+        let err = |message: String, field: String| PolicyError {
+            message,
+            line: None,
+            column: None,
+            field: Some(field),
+        };
+        let chains = std::iter::once(("transform".to_string(), &self.transform)).chain(
+            self.views
+                .iter()
+                .map(|(name, chain)| (format!("views.{name}"), chain)),
+        );
+        for (field, chain) in chains {
+            let mut seen = std::collections::HashSet::new();
+            for (i, t) in chain.iter().enumerate() {
+                if !seen.insert(&*t.name) {
+                    return Err(err(
+                        format!("duplicate transform name `{}`", t.name),
+                        format!("{field}[{i}].name"),
+                    ));
+                }
+                if field != "transform" && t.trigger != Trigger::OnRead {
+                    return Err(err(
+                        "a view is read through its chain; its transforms must be on-read".into(),
+                        format!("{field}[{i}].trigger"),
+                    ));
+                }
+            }
+            if field != "transform" && chain.is_empty() {
+                return Err(err(
+                    "a view needs at least one transform (the raw bytes are at /.space/raw)".into(),
+                    field,
+                ));
             }
         }
         Ok(())
+    }
+
+    /// The chain a view applies: the on-read chain for the default view, else a named one.
+    pub fn view_chain(&self, view: Option<&str>) -> Option<Vec<TransformSpec>> {
+        match view {
+            None => Some(self.on_read().cloned().collect()),
+            Some(v) => self.views.get(v).cloned(),
+        }
     }
 
     /// Transforms run when the capsule is read, in order.

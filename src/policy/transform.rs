@@ -26,8 +26,9 @@ pub struct TransformSpec {
     pub verification: Verification,
 }
 
-/// A transform's name: shown in every error, so kept printable and short.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A transform's name: shown in every error, so kept printable and short. View names follow
+/// the same rule (they become path components under `/.space/views`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TransformName(pub String);
 
@@ -51,6 +52,12 @@ impl TryFrom<String> for TransformName {
 impl From<TransformName> for String {
     fn from(n: TransformName) -> String {
         n.0
+    }
+}
+
+impl std::borrow::Borrow<str> for TransformName {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

@@ -93,21 +93,29 @@ impl Space {
         progress: &dyn Fn(u64),
     ) -> Result<(Content, WriteReport)> {
         let chain: Vec<TransformSpec> = policy.on_write().cloned().collect();
-        let mut transformed;
-        let input: &mut dyn Read = if chain.is_empty() {
-            input
-        } else {
-            transformed =
-                TransformReader::new(input, self.open_chain(&chain, what)?, TRANSFORM_PIECE);
-            &mut transformed
-        };
-        write_stream(
+        if chain.is_empty() {
+            return write_stream(
+                &self.store,
+                input,
+                policy.chunking,
+                EncodeSettings::from(policy),
+                progress,
+            );
+        }
+        // Recorded with the commit: which modules (and signers, args) produced these bytes.
+        let (_, provenance) = self.chain_provenance(&chain, what)?;
+        let mut transformed =
+            TransformReader::new(input, self.open_chain(&chain, what)?, TRANSFORM_PIECE);
+        let (mut content, report) = write_stream(
             &self.store,
-            input,
+            &mut transformed,
             policy.chunking,
             EncodeSettings::from(policy),
             progress,
-        )
+        )?;
+        content.provenance =
+            Some(serde_yaml::to_string(&provenance).expect("provenance serializes"));
+        Ok((content, report))
     }
 
     /// Stores `input` at `dest` atomically: the capsule is created, or gets a new version, in
@@ -271,6 +279,7 @@ impl Space {
         let content = Content {
             chunks,
             size: prefix_len + tail.size,
+            provenance: None,
         };
         let node = self.store.meta.commit_content(node.ino, &content, None)?;
         Ok((node, report))
@@ -311,43 +320,20 @@ impl Space {
                 )));
             }
         }
-        let what = self.describe(node);
-        let policy = self.policy_of(node)?;
-        let chain: Vec<TransformSpec> = policy.on_read().cloned().collect();
-        let io_err = |e: std::io::Error| SpaceError::io("writing output", e);
-        let mut read = 0u64;
-        let mut written = 0u64;
-        if view == View::Raw || chain.is_empty() {
-            stream_chunks(&self.store, node, &what, &mut |d| {
-                out.write_all(d).map_err(io_err)?;
-                read += d.len() as u64;
-                progress(read);
-                Ok(())
-            })?;
-            return Ok(read);
+        if view == View::Transformed {
+            // Through the on-read chain, via the derived-output cache (see `views`).
+            return self.read_view_to(node, None, out, progress);
         }
-        log::debug!(
-            "reading {what} through {} on-read transform(s)",
-            chain.len()
-        );
-        let mut t = self.open_chain(&chain, &what)?;
-        let mut buf = Vec::new();
-        let fail =
-            |e: crate::pipeline::TransformError| SpaceError::Transform(format!("{what}: {e}"));
+        let what = self.describe(node);
+        let mut read = 0u64;
         stream_chunks(&self.store, node, &what, &mut |d| {
-            buf.clear();
-            t.process(d, &mut buf).map_err(fail)?;
-            out.write_all(&buf).map_err(io_err)?;
-            written += buf.len() as u64;
+            out.write_all(d)
+                .map_err(|e| SpaceError::io("writing output", e))?;
             read += d.len() as u64;
             progress(read);
             Ok(())
         })?;
-        buf.clear();
-        t.finish(&mut buf).map_err(fail)?;
-        out.write_all(&buf).map_err(io_err)?;
-        written += buf.len() as u64;
-        Ok(written)
+        Ok(read)
     }
 
     /// Reads a whole (small) capsule into memory, e.g. a WASM module image.

@@ -5,6 +5,7 @@ mod io;
 mod maintenance;
 pub mod modules;
 mod namespace;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ pub struct Space {
     pub store: Arc<Store>,
     pub cache: Arc<ChunkCache>,
     transforms: Option<Arc<dyn TransformFactory>>,
+    derived: Arc<views::DerivedCounters>,
+    source_memo: views::SourceMemo,
 }
 
 /// A path split into its components; `/` and empty components are ignored.
@@ -79,6 +82,8 @@ impl Space {
             store: Arc::new(store),
             cache,
             transforms: None,
+            derived: Arc::default(),
+            source_memo: views::new_source_memo(),
         }
     }
 

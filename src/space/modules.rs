@@ -9,7 +9,7 @@ use super::Space;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::read_path::stream_chunks;
 use crate::pipeline::transform::{
-    ChunkTransform, TransformError, TransformFactory, TransformFailure,
+    ChunkTransform, ModuleIdentity, TransformError, TransformFactory, TransformFailure,
 };
 use crate::policy::TransformSpec;
 use crate::store::meta::{MetaStore, NodeKind};
@@ -26,6 +26,10 @@ impl TransformFactory for TransformRuntime {
         specs: &[TransformSpec],
     ) -> Result<Box<dyn ChunkTransform>, TransformError> {
         TransformRuntime::open_chain(self, specs)
+    }
+
+    fn identify(&self, specs: &[TransformSpec]) -> Result<Vec<ModuleIdentity>, TransformError> {
+        TransformRuntime::identify(self, specs)
     }
 }
 
@@ -138,6 +142,18 @@ impl TransformFactory for LazyRuntime {
             cause: TransformFailure::Load(ModuleLoadError::Engine(e)),
         })?;
         rt.open_chain(specs)
+    }
+
+    fn identify(&self, specs: &[TransformSpec]) -> Result<Vec<ModuleIdentity>, TransformError> {
+        let rt = self.get().map_err(|e| TransformError {
+            transform: specs
+                .first()
+                .map(|s| s.name.to_string())
+                .unwrap_or_default(),
+            chunk: 0,
+            cause: TransformFailure::Load(ModuleLoadError::Engine(e)),
+        })?;
+        rt.identify(specs)
     }
 }
 

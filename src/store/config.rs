@@ -24,6 +24,10 @@ pub struct StoreConfig {
     /// Decoded-chunk cache size for readers, in bytes.
     #[serde(default = "default_cache")]
     pub chunk_cache_bytes: u64,
+    /// Budget for cached view outputs (derived entries), by their size; least recently used
+    /// entries are dropped past it. 0 turns the derived-output cache off.
+    #[serde(default = "default_derived_cache")]
+    pub derived_cache_bytes: u64,
     /// Refuse WASM modules without a valid signature by a trusted publisher.
     #[serde(default)]
     pub require_signatures: bool,
@@ -36,6 +40,10 @@ fn default_cache() -> u64 {
     64 << 20
 }
 
+fn default_derived_cache() -> u64 {
+    4 << 30
+}
+
 impl StoreConfig {
     pub fn new(key: &MasterKey, key_file: Option<std::path::PathBuf>) -> StoreConfig {
         StoreConfig {
@@ -45,6 +53,7 @@ impl StoreConfig {
             key_check: key.check_value(),
             key_file: key_file.map(|p| p.display().to_string()),
             chunk_cache_bytes: default_cache(),
+            derived_cache_bytes: default_derived_cache(),
             require_signatures: false,
             trusted_publishers: Default::default(),
         }

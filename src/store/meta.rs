@@ -121,6 +121,8 @@ pub struct ContentChunk {
 pub struct Content {
     pub chunks: Vec<ContentChunk>,
     pub size: u64,
+    /// What produced these bytes (an on-write chain's modules), recorded with the commit.
+    pub provenance: Option<String>,
 }
 
 /// Attribute changes (`None` = unchanged).
@@ -258,6 +260,34 @@ impl std::fmt::Display for MetaProblem {
 }
 
 /// The metadata engine.
+/// Extents of derived entries live under pseudo-inodes with this bit set; store nodes never
+/// get one (SQLite row ids stay below 2^63).
+pub const DERIVED_INO_BIT: u64 = 1 << 63;
+
+/// A materialized view: the cached output of an on-read chain (docs/FORMAT.md, "Derived
+/// outputs"). Its bytes are stored like a capsule's: chunked, deduplicated, encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DerivedEntry {
+    /// Pseudo-inode holding the entry's extents (`DERIVED_INO_BIT | row id`).
+    pub ino: Ino,
+    /// What determines the bytes (source content, modules, args, ABI version).
+    pub key: [u8; 32],
+    pub size: u64,
+    pub created: TimeNs,
+    pub used: TimeNs,
+    pub hits: u64,
+    /// YAML: modules (sha256, signer), args digests, engine and ABI version.
+    pub provenance: String,
+}
+
+/// Totals over all derived entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DerivedTotals {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+}
+
 pub trait MetaStore: Send + Sync {
     fn get(&self, ino: Ino) -> Result<Option<Node>>;
     fn get_by_uuid(&self, uuid: Uuid) -> Result<Option<Node>>;
@@ -347,6 +377,31 @@ pub trait MetaStore: Send + Sync {
     fn orphans(&self) -> Result<Vec<Ino>> {
         Ok(Vec::new())
     }
+
+    /// Distinct policy texts containing `needle` (e.g. every policy declaring views).
+    fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;
+
+    /// Provenance recorded with a node's current content (set by on-write chains).
+    fn provenance(&self, ino: Ino) -> Result<Option<String>>;
+
+    /// The derived entry for `key`, if materialized.
+    fn derived_get(&self, key: &[u8; 32]) -> Result<Option<DerivedEntry>>;
+    /// Records a use (LRU order and hit counter).
+    fn derived_touch(&self, ino: Ino, now: TimeNs) -> Result<()>;
+    /// Commits a derived entry in one transaction (content must be durable already). If one
+    /// with the same key appeared meanwhile, that one is kept and returned.
+    fn derived_put(
+        &self,
+        key: &[u8; 32],
+        content: &Content,
+        provenance: &str,
+    ) -> Result<DerivedEntry>;
+    /// Drops least-recently-used entries until their total size is at most `budget` bytes,
+    /// never `keep`. Returns what was dropped (chunks are reclaimed by gc).
+    fn derived_evict(&self, budget: u64, keep: Option<Ino>) -> Result<DerivedTotals>;
+    /// Drops every derived entry.
+    fn derived_clear(&self) -> Result<DerivedTotals>;
+    fn derived_totals(&self) -> Result<DerivedTotals>;
 
     fn stats(&self) -> Result<MetaStats>;
     /// All chunk rows (gc, fsck).

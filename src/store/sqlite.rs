@@ -53,6 +53,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     plain_len INTEGER NOT NULL,
     stored_len INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS derived (
+    id INTEGER PRIMARY KEY,
+    key BLOB NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    used_ns INTEGER NOT NULL,
+    hits INTEGER NOT NULL DEFAULT 0,
+    provenance TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS derived_by_use ON derived(used_ns);
 CREATE TABLE IF NOT EXISTS xattrs (
     ino INTEGER NOT NULL,
     name TEXT NOT NULL,
@@ -168,6 +178,12 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
         .exists([])?;
     if !has_rdev {
         c.execute_batch("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")?;
+    }
+    let has_provenance = c
+        .prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name='provenance'")?
+        .exists([])?;
+    if !has_provenance {
+        c.execute_batch("ALTER TABLE nodes ADD COLUMN provenance TEXT")?;
     }
     Ok(())
 }
@@ -307,9 +323,49 @@ fn set_content(tx: &Transaction, ino: Ino, content: &Content, t: TimeNs) -> Resu
     release_extents(tx, ino)?;
     add_extents(tx, ino, content)?;
     tx.execute(
-        "UPDATE nodes SET size=?2, version=version+1, mtime_ns=?3, ctime_ns=?3 WHERE ino=?1",
-        params![ino as i64, content.size as i64, t],
+        "UPDATE nodes SET size=?2, version=version+1, mtime_ns=?3, ctime_ns=?3, provenance=?4 WHERE ino=?1",
+        params![ino as i64, content.size as i64, t, content.provenance],
     )?;
+    Ok(())
+}
+
+const DERIVED_COLS: &str = "id, key, size, created_ns, used_ns, hits, provenance";
+
+fn derived_from_row(r: &Row) -> rusqlite::Result<DerivedEntry> {
+    let key: Vec<u8> = r.get(1)?;
+    let mut k = [0u8; 32];
+    if key.len() == 32 {
+        k.copy_from_slice(&key);
+    }
+    Ok(DerivedEntry {
+        ino: DERIVED_INO_BIT | r.get::<_, i64>(0)? as u64,
+        key: k,
+        size: r.get::<_, i64>(2)? as u64,
+        created: r.get(3)?,
+        used: r.get(4)?,
+        hits: r.get::<_, i64>(5)? as u64,
+        provenance: r.get(6)?,
+    })
+}
+
+fn derived_totals(c: &Connection) -> Result<DerivedTotals> {
+    Ok(c.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(hits), 0) FROM derived",
+        [],
+        |r| {
+            Ok(DerivedTotals {
+                entries: r.get::<_, i64>(0)? as u64,
+                bytes: r.get::<_, i64>(1)? as u64,
+                hits: r.get::<_, i64>(2)? as u64,
+            })
+        },
+    )?)
+}
+
+/// Removes a derived entry and its chunk references.
+fn drop_derived(tx: &Transaction, id: i64) -> Result<()> {
+    release_extents(tx, DERIVED_INO_BIT | id as u64)?;
+    tx.execute("DELETE FROM derived WHERE id=?1", [id])?;
     Ok(())
 }
 
@@ -839,6 +895,125 @@ impl MetaStore for SqliteMeta {
         })
     }
 
+    fn policies_containing(&self, needle: &str) -> Result<Vec<String>> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT policy FROM nodes WHERE policy IS NOT NULL AND instr(policy, ?1) > 0",
+            )?;
+            let rows = st.query_map([needle], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn provenance(&self, ino: Ino) -> Result<Option<String>> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT provenance FROM nodes WHERE ino=?1",
+                [ino as i64],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+        })
+    }
+
+    fn derived_get(&self, key: &[u8; 32]) -> Result<Option<DerivedEntry>> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached(&format!("SELECT {DERIVED_COLS} FROM derived WHERE key=?1"))?
+                    .query_row([key.to_vec()], derived_from_row)
+                    .optional()?,
+            )
+        })
+    }
+
+    fn derived_touch(&self, ino: Ino, now: TimeNs) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE derived SET used_ns=MAX(used_ns, ?2), hits=hits+1 WHERE id=?1",
+                params![(ino & !DERIVED_INO_BIT) as i64, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn derived_put(
+        &self,
+        key: &[u8; 32],
+        content: &Content,
+        provenance: &str,
+    ) -> Result<DerivedEntry> {
+        self.write(|tx| {
+            let get = |tx: &Transaction| {
+                tx.query_row(
+                    &format!("SELECT {DERIVED_COLS} FROM derived WHERE key=?1"),
+                    [key.to_vec()],
+                    derived_from_row,
+                )
+                .optional()
+            };
+            if let Some(e) = get(tx)? {
+                return Ok(e);
+            }
+            let t = now_ns();
+            tx.execute(
+                "INSERT INTO derived (key, size, created_ns, used_ns, hits, provenance) VALUES (?1, ?2, ?3, ?3, 0, ?4)",
+                params![key.to_vec(), content.size as i64, t, provenance],
+            )?;
+            let id = tx.last_insert_rowid() as u64;
+            add_extents(tx, DERIVED_INO_BIT | id, content)?;
+            Ok(get(tx)?.expect("inserted above"))
+        })
+    }
+
+    fn derived_evict(&self, budget: u64, keep: Option<Ino>) -> Result<DerivedTotals> {
+        self.write(|tx| {
+            let total: i64 =
+                tx.query_row("SELECT COALESCE(SUM(size), 0) FROM derived", [], |r| {
+                    r.get(0)
+                })?;
+            let mut over = (total as u64).saturating_sub(budget);
+            let mut dropped = DerivedTotals::default();
+            if over == 0 {
+                return Ok(dropped);
+            }
+            let keep_id = keep.map(|k| (k & !DERIVED_INO_BIT) as i64).unwrap_or(-1);
+            let victims: Vec<(i64, i64, i64)> = tx
+                .prepare("SELECT id, size, hits FROM derived WHERE id != ?1 ORDER BY used_ns, id")?
+                .query_map([keep_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (id, size, hits) in victims {
+                if over == 0 {
+                    break;
+                }
+                drop_derived(tx, id)?;
+                over = over.saturating_sub(size as u64);
+                dropped.entries += 1;
+                dropped.bytes += size as u64;
+                dropped.hits += hits as u64;
+            }
+            Ok(dropped)
+        })
+    }
+
+    fn derived_clear(&self) -> Result<DerivedTotals> {
+        self.write(|tx| {
+            let totals = derived_totals(tx)?;
+            let ids: Vec<i64> = tx
+                .prepare("SELECT id FROM derived")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            for id in ids {
+                drop_derived(tx, id)?;
+            }
+            Ok(totals)
+        })
+    }
+
+    fn derived_totals(&self) -> Result<DerivedTotals> {
+        self.read(derived_totals)
+    }
+
     fn stats(&self) -> Result<MetaStats> {
         self.read(|c| {
             let q = |sql: &str| -> rusqlite::Result<i64> {
@@ -923,7 +1098,11 @@ impl MetaStore for SqliteMeta {
             }
             // Each file's extents must tile [0, size) exactly; special files (kinds 4-7) have
             // size 0 and no extents.
-            let mut st = c.prepare("SELECT ino, size FROM nodes WHERE kind=1 OR kind BETWEEN 4 AND 7")?;
+            // Derived entries (cached views) are checked the same way, under their pseudo-inodes.
+            let mut st = c.prepare(
+                "SELECT ino, size FROM nodes WHERE kind=1 OR kind BETWEEN 4 AND 7
+                 UNION ALL SELECT id | (1 << 63), size FROM derived",
+            )?;
             let files: Vec<(i64, i64)> = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
             let mut ex = c.prepare("SELECT offset, length FROM extents WHERE ino=?1 ORDER BY offset")?;
             for (ino, size) in files {

@@ -22,6 +22,13 @@ pub mod resolver;
 pub mod runtime;
 pub mod verify;
 
+/// Version of the host ABI (docs/ABI.md): v0 plus the optional `configure`, `last_error` and
+/// `finish` exports. Part of every derived-output key, so a change of ABI never serves old output.
+pub const ABI_VERSION: u32 = 1;
+
+/// The engine recorded in provenance.
+pub const ENGINE: &str = "wasmtime 48";
+
 pub use cache::{ArtifactConfig, CacheStats};
 pub use chain::Chain;
 pub use engine::{EngineConfig, Flavour};

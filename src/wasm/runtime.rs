@@ -154,6 +154,25 @@ impl TransformRuntime {
         self.open_prepared(&prepared)
     }
 
+    /// What each spec's output depends on (module hash, args) and who signed it.
+    pub fn identify(
+        &self,
+        specs: &[TransformSpec],
+    ) -> Result<Vec<crate::pipeline::transform::ModuleIdentity>, TransformError> {
+        specs
+            .iter()
+            .map(|s| {
+                let p = self.prepare(s)?;
+                Ok(crate::pipeline::transform::ModuleIdentity {
+                    name: p.name.clone(),
+                    sha256: p.sha256(),
+                    args_sha256: hex::encode(sha256(&p.encoded_args)),
+                    publisher: p.publisher.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Instantiate and configure prepared transforms into a chain for one stream.
     pub fn open_prepared(
         &self,
