@@ -1,0 +1,169 @@
+//! Views through a real `spacefs` mount: named views under /.space/views, exact sizes and
+//! random reads once a view is materialized, the cache surviving a remount, provenance as an
+//! extended attribute and cache counters in /.space/stats.
+
+mod fuse_common;
+
+use std::os::unix::fs::FileExt;
+
+use fuse_common::*;
+
+fn getxattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let r = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+        )
+    };
+    (r >= 0).then(|| {
+        buf.truncate(r as usize);
+        buf
+    })
+}
+
+fn stat_value(mnt: &std::path::Path, key: &str) -> u64 {
+    let text = std::fs::read_to_string(mnt.join(".space/stats")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("{key} missing from stats:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn views_through_the_mount() {
+    let s = scratch();
+    let g = example_guests();
+    for m in ["uppercase", "redact_pii"] {
+        let o = spacectl(
+            &s.store,
+            &[
+                "module",
+                "add",
+                g.join(format!("{m}.wasm")).to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut text = Vec::new();
+    for i in 0..20_000 {
+        text.extend_from_slice(format!("{i} mail bob{i}@example.com to alice\n").as_bytes());
+    }
+    let src = s.tmp.path().join("src.txt");
+    std::fs::write(&src, &text).unwrap();
+    let pol = s.tmp.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "chunking:\n  avg_size: 32KiB\ntransform:\n  - name: up\n    image: capsule://wasm/uppercase.wasm\nviews:\n  redacted:\n    - name: r\n      image: capsule://wasm/redact_pii.wasm\n",
+    )
+    .unwrap();
+    let o = spacectl(&s.store, &["mkdir", "/docs"]);
+    assert!(o.status.success());
+    for dest in ["/docs/mail.txt", "/plain.txt"] {
+        let mut args = vec!["put", src.to_str().unwrap(), "--as", dest];
+        if dest != "/plain.txt" {
+            args.extend(["--policy", pol.to_str().unwrap()]);
+        }
+        let o = spacectl(&s.store, &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let upper = text.to_ascii_uppercase();
+    let mut redacted = None;
+
+    for round in 0..2 {
+        let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+            return;
+        };
+        let m = d.mnt.clone();
+        let file = m.join("docs/mail.txt");
+        let view = m.join(".space/views/redacted/docs/mail.txt");
+        let names: Vec<String> = std::fs::read_dir(m.join(".space/views"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["redacted"]);
+        // Only capsules that declare the view show up in it (directories always).
+        let mut listed: Vec<String> = std::fs::read_dir(m.join(".space/views/redacted"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, ["docs", "wasm"]);
+        assert!(!m.join(".space/views/redacted/plain.txt").exists());
+        assert!(!m.join(".space/views/typo").exists());
+
+        if round == 0 {
+            // Not materialized yet: size 0 (read to EOF), no provenance.
+            assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+            assert_eq!(std::fs::metadata(&view).unwrap().len(), 0);
+            assert!(getxattr(&file, "user.space.provenance").is_none());
+            assert_eq!(std::fs::read(&file).unwrap(), upper);
+            let r = std::fs::read(&view).unwrap();
+            assert!(!r.windows(5).any(|w| w == b"bob1@"));
+            assert!(r.windows(5).any(|w| w == b"alice"));
+            redacted = Some(r);
+            assert_eq!(stat_value(&m, "derived_stored"), 2);
+        }
+        let redacted = redacted.as_ref().unwrap();
+        // Materialized (in round 1, by the earlier mount): exact sizes, random reads.
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), upper.len() as u64);
+        assert_eq!(
+            std::fs::metadata(&view).unwrap().len(),
+            redacted.len() as u64
+        );
+        let f = std::fs::File::open(&file).unwrap();
+        let v = std::fs::File::open(&view).unwrap();
+        for off in [0usize, 1, 4096, 77_777, upper.len() - 10] {
+            let mut buf = vec![0u8; 4096];
+            let n = f.read_at(&mut buf, off as u64).unwrap();
+            assert_eq!(&buf[..n], &upper[off..(off + 4096).min(upper.len())]);
+            let n = v.read_at(&mut buf, off as u64).unwrap();
+            assert_eq!(&buf[..n], &redacted[off..(off + 4096).min(redacted.len())]);
+        }
+        drop((f, v));
+        if round == 1 {
+            assert!(stat_value(&m, "derived_hits") >= 2);
+            assert_eq!(stat_value(&m, "derived_stored"), 0, "nothing recomputed");
+        }
+        assert_eq!(stat_value(&m, "derived_entries"), 2);
+        let prov = String::from_utf8(getxattr(&file, "user.space.provenance").unwrap()).unwrap();
+        assert!(
+            prov.contains("name: up") && prov.contains("view: default"),
+            "{prov}"
+        );
+        let prov = String::from_utf8(getxattr(&view, "user.space.provenance").unwrap()).unwrap();
+        assert!(
+            prov.contains("name: r") && prov.contains("view: redacted"),
+            "{prov}"
+        );
+        // Views are read-only.
+        let e = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&view)
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        assert!(d.unmount().success());
+    }
+
+    // A rewrite of the source: the old output is not served; the new one is computed.
+    std::fs::write(&src, b"new bob@example.com\n").unwrap();
+    let o = spacectl(
+        &s.store,
+        &["put", src.to_str().unwrap(), "--as", "/docs/mail.txt"],
+    );
+    assert!(o.status.success());
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    let file = d.mnt.join("docs/mail.txt");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
+    assert_eq!(std::fs::read(&file).unwrap(), b"NEW BOB@EXAMPLE.COM\n");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 20);
+    assert!(d.unmount().success());
+}
