@@ -167,3 +167,98 @@ fn views_through_the_mount() {
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 20);
     assert!(d.unmount().success());
 }
+
+/// A chain whose every transform is `chunk_local` runs once per stored chunk: a read computes
+/// only the chunks it touches (plus, the first time, the ones before it, to place it), reading
+/// backwards recomputes one chunk instead of restarting, and the CLI gives the same bytes.
+#[test]
+fn chunk_local_views_compute_only_what_is_read() {
+    let s = scratch();
+    let g = example_guests();
+    for m in ["uppercase", "append_bang"] {
+        let o = spacectl(
+            &s.store,
+            &[
+                "module",
+                "add",
+                g.join(format!("{m}.wasm")).to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let data = random_bytes(600_000, 9)
+        .iter()
+        .map(|b| b"abcdefghij \n"[(*b % 12) as usize])
+        .collect::<Vec<u8>>();
+    let src = s.tmp.path().join("src");
+    std::fs::write(&src, &data).unwrap();
+    let pol = s.tmp.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        "cache: false\nchunking:\n  min_size: 16KiB\n  avg_size: 32KiB\n  max_size: 64KiB\ntransform:\n  - name: up\n    image: capsule://wasm/uppercase.wasm\n    chunk_local: true\nviews:\n  bang:\n    - name: b\n      image: capsule://wasm/append_bang.wasm\n      chunk_local: true\n",
+    )
+    .unwrap();
+    let o = spacectl(
+        &s.store,
+        &[
+            "put",
+            src.to_str().unwrap(),
+            "--as",
+            "/f",
+            "--policy",
+            pol.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = spacectl(&s.store, &["stat", "/f"]);
+    let stat = String::from_utf8_lossy(&o.stdout).into_owned();
+    let chunks: usize = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("chunks:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(chunks >= 8, "{stat}");
+    // The CLI applies a chunk-local view per stored chunk too: one `!` per chunk.
+    let o = spacectl(&s.store, &["get", "/f", "--view", "bang"]);
+    assert!(o.status.success());
+    let bang = o.stdout;
+    assert_eq!(bang.len(), data.len() + chunks);
+    assert_eq!(bang.iter().filter(|b| **b == b'!').count(), chunks);
+
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    let m = d.mnt.clone();
+    let calls = || stat_value(&m, "wasm_calls");
+    let upper = data.to_ascii_uppercase();
+    let f = std::fs::File::open(m.join("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let before = calls();
+    assert_eq!(f.read_at(&mut buf, 0).unwrap(), 4096);
+    assert_eq!(&buf[..], &upper[..4096]);
+    assert_eq!(calls() - before, 2, "one chunk: process + finish");
+    // Far ahead: the chunks before it are placed (computed once, in order).
+    let far = 500_000usize;
+    assert_eq!(f.read_at(&mut buf, far as u64).unwrap(), 4096);
+    assert_eq!(&buf[..], &upper[far..far + 4096]);
+    let placed = calls() - before;
+    assert!(
+        placed <= 2 * chunks as u64,
+        "{placed} calls for {chunks} chunks"
+    );
+    // Backwards: one chunk recomputed, no restart from the beginning.
+    let mid = 200_000usize;
+    let at_mid = calls();
+    assert_eq!(f.read_at(&mut buf, mid as u64).unwrap(), 4096);
+    assert_eq!(&buf[..], &upper[mid..mid + 4096]);
+    assert!(
+        calls() - at_mid <= 4,
+        "a backward read costs one or two chunks"
+    );
+    drop(f);
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), upper);
+    assert_eq!(std::fs::read(m.join(".space/views/bang/f")).unwrap(), bang);
+    assert!(d.unmount().success());
+}

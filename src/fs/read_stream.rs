@@ -29,6 +29,20 @@ pub struct ChainStream {
     /// Stores the output in the derived-output cache as it is produced; dropped (storing
     /// nothing) if the stream restarts or fails.
     writer: Option<DerivedWriter>,
+    /// Chunk-local chains (`chunk_local` on every transform) run once per stored chunk, so
+    /// any chunk's output can be computed alone: this is the offset index of the chunks
+    /// computed so far, always a prefix of the capsule, in order.
+    local: Option<LocalIndex>,
+}
+
+/// Output placement of stored chunks, for chunk-local chains.
+#[derive(Default)]
+struct LocalIndex {
+    /// (output offset, output length, stored offset, stored length) per chunk, in order.
+    chunks: Vec<(u64, u64, u64, u32)>,
+    /// The last chunk's output (index, bytes): consecutive small reads decode it once.
+    last: Option<(usize, Vec<u8>)>,
+    complete: bool,
 }
 
 impl ChainStream {
@@ -50,11 +64,23 @@ impl ChainStream {
             finished: false,
             failed: None,
             writer,
+            local: None,
         }
+    }
+
+    /// Switches to per-chunk processing (every transform of the chain is chunk-local).
+    pub fn chunk_local(mut self) -> ChainStream {
+        self.local = Some(LocalIndex::default());
+        self
     }
 
     /// Total output size, once the stream has reached its end.
     pub fn known_size(&self) -> Option<u64> {
+        if let Some(l) = &self.local {
+            return l
+                .complete
+                .then(|| l.chunks.last().map(|c| c.0 + c.1).unwrap_or(0));
+        }
         self.finished
             .then_some(self.out_start + self.out.len() as u64)
     }
@@ -108,10 +134,106 @@ impl ChainStream {
         Ok(())
     }
 
+    /// Runs the chain over stored chunk `ext` alone (a fresh instance).
+    fn compute_chunk(&mut self, ext: crate::store::meta::Extent) -> Result<Vec<u8>> {
+        let mut data = vec![0u8; ext.len as usize];
+        let n = self.reader.read_at(ext.offset, &mut data)?;
+        data.truncate(n);
+        let mut chain = (self.open_chain)()?;
+        let mut out = Vec::new();
+        let what = |e| SpaceError::Transform(format!("{}: {e}", self.name));
+        chain.process(&data, &mut out).map_err(what)?;
+        chain.finish(&mut out).map_err(what)?;
+        Ok(out)
+    }
+
+    /// Output of indexed chunk `i` (recomputed unless it was the last one used).
+    fn local_output(&mut self, i: usize) -> Result<Vec<u8>> {
+        let l = self.local.as_ref().expect("chunk-local stream");
+        if let Some((j, out)) = &l.last {
+            if *j == i {
+                return Ok(out.clone());
+            }
+        }
+        let (_, _, src, len) = l.chunks[i];
+        let out = self.compute_chunk(crate::store::meta::Extent {
+            offset: src,
+            len,
+            chunk: crate::store::ChunkId([0; 32]),
+        })?;
+        self.local.as_mut().expect("chunk-local stream").last = Some((i, out.clone()));
+        Ok(out)
+    }
+
+    /// Computes the next stored chunk after the indexed prefix (feeding the cache writer,
+    /// which thus always sees the output in order); returns false at the end.
+    fn extend_local(&mut self) -> Result<bool> {
+        let l = self.local.as_ref().expect("chunk-local stream");
+        if l.complete {
+            return Ok(false);
+        }
+        let (out_end, src_end) = l
+            .chunks
+            .last()
+            .map(|c| (c.0 + c.1, c.2 + c.3 as u64))
+            .unwrap_or((0, 0));
+        let Some(ext) = self.reader.chunk_at(src_end)? else {
+            self.local.as_mut().expect("chunk-local stream").complete = true;
+            if let Some(w) = self.writer.take() {
+                match w.finish() {
+                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
+                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
+                }
+            }
+            return Ok(false);
+        };
+        let out = self.compute_chunk(ext)?;
+        if let Some(w) = self.writer.as_mut() {
+            w.push(&out);
+        }
+        let l = self.local.as_mut().expect("chunk-local stream");
+        l.chunks
+            .push((out_end, out.len() as u64, ext.offset, ext.len));
+        l.last = Some((l.chunks.len() - 1, out));
+        Ok(true)
+    }
+
+    /// Chunk-local read: find (or compute up to) the chunks covering the range; only chunks
+    /// past the indexed prefix are computed in order, any other is computed alone.
+    fn read_local(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let mut result = Vec::with_capacity(size);
+        let end = offset + size as u64;
+        let mut pos = offset;
+        while pos < end {
+            let l = self.local.as_ref().expect("chunk-local stream");
+            let i = l.chunks.partition_point(|c| c.0 + c.1 <= pos);
+            if i == l.chunks.len() {
+                if !self.extend_local()? {
+                    break;
+                }
+                continue;
+            }
+            // Chunks with empty output never contain `pos`, so `i` has output.
+            let out_off = l.chunks[i].0;
+            let out = self.local_output(i)?;
+            let from = (pos - out_off) as usize;
+            let to = ((end - out_off) as usize).min(out.len());
+            result.extend_from_slice(&out[from..to]);
+            pos = out_off + to as u64;
+        }
+        Ok(result)
+    }
+
     /// Reads transformed bytes at `offset` (returns fewer than asked only at the end).
     pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
         if let Some(m) = &self.failed {
             return Err(SpaceError::Transform(m.clone()));
+        }
+        if self.local.is_some() {
+            return self.read_local(offset, size).inspect_err(|e| {
+                self.failed = Some(e.to_string());
+                self.writer = None;
+            });
         }
         if offset < self.out_start {
             self.restart();

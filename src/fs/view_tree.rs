@@ -250,12 +250,15 @@ impl SpaceFs {
         let space = Arc::clone(&self.space);
         let what = name.clone();
         let chain = d.chain;
-        let stream = ChainStream::new(
+        let mut stream = ChainStream::new(
             self.new_reader(node, &name),
             name,
             Box::new(move || space.open_chain(&chain, &what)),
             writer,
         );
+        if d.chunk_local {
+            stream = stream.chunk_local();
+        }
         let fh = self.handles.insert(Handle {
             kind: HandleKind::Stream {
                 inode,

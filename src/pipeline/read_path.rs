@@ -360,6 +360,15 @@ impl CapsuleReader {
         })
     }
 
+    /// The stored chunk holding byte `offset` (for per-chunk processing); `None` at or past
+    /// the end.
+    pub fn chunk_at(&mut self, offset: u64) -> Result<Option<Extent>> {
+        if offset >= self.size {
+            return Ok(None);
+        }
+        self.extent_at(offset).map(Some)
+    }
+
     /// Sequential access: queues decodes of the chunks after the one holding `offset` on the
     /// shared read-ahead workers, so they are ready (or under way) when the reader gets there.
     fn read_ahead(&mut self, offset: u64) -> Result<()> {

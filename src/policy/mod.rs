@@ -175,6 +175,11 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether a chain is applied chunk by chunk (every entry declares `chunk_local`).
+    pub fn is_chunk_local(chain: &[TransformSpec]) -> bool {
+        !chain.is_empty() && chain.iter().all(|t| t.chunk_local)
+    }
+
     /// The chain a view applies: the on-read chain for the default view, else a named one.
     pub fn view_chain(&self, view: Option<&str>) -> Option<Vec<TransformSpec>> {
         match view {

@@ -24,6 +24,15 @@ pub struct TransformSpec {
     pub resources: Resources,
     #[serde(default, skip_serializing_if = "Verification::is_empty")]
     pub verification: Verification,
+    /// The module's output for a stored chunk depends only on that chunk: the host runs a
+    /// fresh instance per stored chunk, so a read computes only the chunks it touches
+    /// (on-read chains whose every entry says so; docs/POLICY.md).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub chunk_local: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A transform's name: shown in every error, so kept printable and short. View names follow

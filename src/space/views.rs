@@ -47,6 +47,9 @@ pub struct Provenance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     pub modules: Vec<ModuleProvenance>,
+    /// The chain ran once per stored chunk (derived entries of chunk-local views).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub chunk_local: bool,
     /// When it was produced (RFC 3339, UTC).
     pub produced: String,
 }
@@ -69,6 +72,8 @@ pub struct Derivation {
     pub provenance: String,
     /// The capsule's policy allows caching and the store has a budget.
     pub cacheable: bool,
+    /// Every transform declares `chunk_local`: the chain runs once per stored chunk.
+    pub chunk_local: bool,
 }
 
 /// Counters of this process's use of the derived-output cache (for `/.space/stats`).
@@ -172,6 +177,7 @@ impl Space {
                 view: None,
                 source: None,
                 modules,
+                chunk_local: false,
                 produced: rfc3339_now(),
             },
         ))
@@ -231,9 +237,11 @@ impl Space {
         let what = self.describe(node);
         let (ids, mut prov) = self.chain_provenance(&chain, &what)?;
         let source = self.source_digest(node)?;
+        let chunk_local = Policy::is_chunk_local(&chain);
         let mut h = Sha256::new();
         h.update(KEY_DOMAIN);
         h.update(ABI_VERSION.to_le_bytes());
+        h.update([u8::from(chunk_local)]);
         h.update(source);
         h.update((ids.len() as u64).to_le_bytes());
         for m in &ids {
@@ -243,12 +251,14 @@ impl Space {
             h.update(b"\0");
         }
         prov.view = Some(view.unwrap_or("default").to_string());
+        prov.chunk_local = chunk_local;
         prov.source = Some(hex::encode(source));
         Ok(Some(Derivation {
             key: h.finalize().into(),
             chain,
             provenance: serde_yaml::to_string(&prov).expect("provenance serializes"),
             cacheable: policy.cache && self.store.config.derived_cache_bytes > 0,
+            chunk_local,
         }))
     }
 
@@ -343,7 +353,14 @@ impl Space {
         let mut read = 0u64;
         stream_chunks(&self.store, node, &what, &mut |data| {
             buf.clear();
-            t.process(data, &mut buf).map_err(fail)?;
+            if d.chunk_local {
+                // A fresh instance per stored chunk: the same output a random read computes.
+                let mut c = self.open_chain(&d.chain, &what)?;
+                c.process(data, &mut buf).map_err(fail)?;
+                c.finish(&mut buf).map_err(fail)?;
+            } else {
+                t.process(data, &mut buf).map_err(fail)?;
+            }
             out.write_all(&buf).map_err(io_err)?;
             written += buf.len() as u64;
             if let Some(w) = writer.as_mut() {
@@ -354,7 +371,9 @@ impl Space {
             Ok(())
         })?;
         buf.clear();
-        t.finish(&mut buf).map_err(fail)?;
+        if !d.chunk_local {
+            t.finish(&mut buf).map_err(fail)?;
+        }
         out.write_all(&buf).map_err(io_err)?;
         written += buf.len() as u64;
         if let Some(mut w) = writer {
