@@ -375,3 +375,104 @@ fn hex_sha256(path: &std::path::Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
+
+/// A module signed by a trusted publisher: provenance names the signer and its key.
+#[test]
+fn provenance_names_the_signer() {
+    let (t, dir, space) = store_with(&["append_bang"]);
+    drop(space);
+    let key = t.path().join("signing.key");
+    let o = common::spacectl(&dir, &["key", "gen", "--out", key.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let public = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(
+        common::spacectl(&dir, &["key", "trust", "acme", &public])
+            .status
+            .success()
+    );
+    let wasm = common::example_guests().join("append_bang.wasm");
+    let o = common::spacectl(
+        &dir,
+        &[
+            "module",
+            "sign",
+            "--key",
+            key.to_str().unwrap(),
+            wasm.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let sig = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let pol = t.path().join("p.yaml");
+    std::fs::write(
+        &pol,
+        format!("transform:\n  - name: bang\n    image: capsule://wasm/append_bang.wasm\n    trigger: on-write\n    verification:\n      signature: {sig}\n"),
+    )
+    .unwrap();
+    let src = t.path().join("in");
+    std::fs::write(&src, b"signed").unwrap();
+    let o = common::spacectl(
+        &dir,
+        &[
+            "put",
+            src.to_str().unwrap(),
+            "--as",
+            "/s",
+            "--policy",
+            pol.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let space = Space::open_with_runtime(&dir, &Unlock::default()).unwrap();
+    let node = space.resolve("/s").unwrap();
+    let prov = space.store.meta.provenance(node.ino).unwrap().unwrap();
+    let fp = space::wasm::verify::key_fingerprint(
+        &space::wasm::verify::decode_verifying_key(&public).unwrap(),
+    );
+    assert!(prov.contains(&format!("signer: acme ({fp})")), "{prov}");
+    let o = common::spacectl(&dir, &["stat", "/s"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("signer: acme"));
+}
+
+/// `preserves_size` is checked: a module that changes the length fails the read, naming it.
+#[test]
+fn a_broken_size_promise_fails_the_read() {
+    let (_t, _dir, space) = store_with(&["append_bang", "uppercase"]);
+    let data = common::text_bytes(100_000, 2);
+    put(
+        &space,
+        "/ok",
+        &data,
+        "transform:\n  - name: up\n    image: capsule://wasm/uppercase.wasm\n    chunk_local: true\n    preserves_size: true\n",
+    );
+    assert_eq!(read(&space, "/ok", None), data.to_ascii_uppercase());
+    put(
+        &space,
+        "/liar",
+        &data,
+        "transform:\n  - name: bang\n    image: capsule://wasm/append_bang.wasm\n    chunk_local: true\n    preserves_size: true\n",
+    );
+    let node = space.resolve("/liar").unwrap();
+    let e = space
+        .read_view_to(&node, None, &mut Vec::new(), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("preserves_size") && e.contains("/liar"), "{e}");
+    put(
+        &space,
+        "/liar2",
+        &data,
+        "transform:\n  - name: bang\n    image: capsule://wasm/append_bang.wasm\n    preserves_size: true\n",
+    );
+    let node = space.resolve("/liar2").unwrap();
+    let e = space
+        .read_view_to(&node, None, &mut Vec::new(), &|_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("preserves_size"), "{e}");
+    assert_eq!(
+        space.derived_totals().unwrap().entries,
+        1,
+        "only /ok is cached"
+    );
+}

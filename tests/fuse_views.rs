@@ -39,18 +39,7 @@ fn stat_value(mnt: &std::path::Path, key: &str) -> u64 {
 #[test]
 fn views_through_the_mount() {
     let s = scratch();
-    let g = example_guests();
-    for m in ["uppercase", "redact_pii"] {
-        let o = spacectl(
-            &s.store,
-            &[
-                "module",
-                "add",
-                g.join(format!("{m}.wasm")).to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    add_example_modules(&s.store, &["uppercase", "redact_pii"]);
     let mut text = Vec::new();
     for i in 0..20_000 {
         text.extend_from_slice(format!("{i} mail bob{i}@example.com to alice\n").as_bytes());
@@ -174,42 +163,19 @@ fn views_through_the_mount() {
 #[test]
 fn chunk_local_views_compute_only_what_is_read() {
     let s = scratch();
-    let g = example_guests();
-    for m in ["uppercase", "append_bang"] {
-        let o = spacectl(
-            &s.store,
-            &[
-                "module",
-                "add",
-                g.join(format!("{m}.wasm")).to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    add_example_modules(&s.store, &["uppercase", "append_bang"]);
     let data = random_bytes(600_000, 9)
         .iter()
         .map(|b| b"abcdefghij \n"[(*b % 12) as usize])
         .collect::<Vec<u8>>();
-    let src = s.tmp.path().join("src");
-    std::fs::write(&src, &data).unwrap();
-    let pol = s.tmp.path().join("p.yaml");
-    std::fs::write(
-        &pol,
-        "cache: false\nchunking:\n  min_size: 16KiB\n  avg_size: 32KiB\n  max_size: 64KiB\ntransform:\n  - name: up\n    image: capsule://wasm/uppercase.wasm\n    chunk_local: true\nviews:\n  bang:\n    - name: b\n      image: capsule://wasm/append_bang.wasm\n      chunk_local: true\n",
-    )
-    .unwrap();
-    let o = spacectl(
-        &s.store,
-        &[
-            "put",
-            src.to_str().unwrap(),
-            "--as",
-            "/f",
-            "--policy",
-            pol.to_str().unwrap(),
-        ],
+    put_with_policy(
+        &s,
+        "/f",
+        &data,
+        Some(
+            "cache: false\nchunking:\n  min_size: 16KiB\n  avg_size: 32KiB\n  max_size: 64KiB\ntransform:\n  - name: up\n    image: capsule://wasm/uppercase.wasm\n    chunk_local: true\nviews:\n  bang:\n    - name: b\n      image: capsule://wasm/append_bang.wasm\n      chunk_local: true\n",
+        ),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = spacectl(&s.store, &["stat", "/f"]);
     let stat = String::from_utf8_lossy(&o.stdout).into_owned();
     let chunks: usize = stat
@@ -260,5 +226,52 @@ fn chunk_local_views_compute_only_what_is_read() {
     drop(f);
     assert_eq!(std::fs::read(m.join("f")).unwrap(), upper);
     assert_eq!(std::fs::read(m.join(".space/views/bang/f")).unwrap(), bang);
+    assert!(d.unmount().success());
+}
+
+/// Chunk-local and size-preserving: the size is known before anything runs, and a read far
+/// into the capsule computes only the chunk under it; a module breaking the promise gets EIO.
+#[test]
+fn size_preserving_chunk_local_views_place_reads_without_the_prefix() {
+    let s = scratch();
+    add_example_modules(&s.store, &["uppercase", "append_bang"]);
+    let data = random_bytes(800_000, 3)
+        .iter()
+        .map(|b| b"klmnopqrs \n"[(*b % 11) as usize])
+        .collect::<Vec<u8>>();
+    for (dest, module) in [("/f", "uppercase"), ("/liar", "append_bang")] {
+        put_with_policy(
+            &s,
+            dest,
+            &data,
+            Some(&format!(
+                "chunking:\n  avg_size: 32KiB\ntransform:\n  - name: t\n    image: capsule://wasm/{module}.wasm\n    chunk_local: true\n    preserves_size: true\n"
+            )),
+        );
+    }
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    let m = d.mnt.clone();
+    let upper = data.to_ascii_uppercase();
+    assert_eq!(
+        std::fs::metadata(m.join("f")).unwrap().len(),
+        data.len() as u64
+    );
+    let f = std::fs::File::open(m.join("f")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let before = stat_value(&m, "wasm_calls");
+    let far = 700_000usize;
+    assert_eq!(f.read_at(&mut buf, far as u64).unwrap(), 4096);
+    assert_eq!(&buf[..], &upper[far..far + 4096]);
+    let calls = stat_value(&m, "wasm_calls") - before;
+    assert!(
+        calls <= 4,
+        "{calls} calls: only the chunk(s) under the read"
+    );
+    drop(f);
+    assert_eq!(std::fs::read(m.join("f")).unwrap(), upper);
+    let e = std::fs::read(m.join("liar")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EIO));
     assert!(d.unmount().success());
 }

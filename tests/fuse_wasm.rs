@@ -9,18 +9,10 @@ use fuse_common::*;
 #[test]
 fn wasm_chains_through_the_mount() {
     let s = scratch();
-    let g = example_guests();
-    for m in ["append_bang", "redact_pii", "grep", "gunzip", "uppercase"] {
-        let o = spacectl(
-            &s.store,
-            &[
-                "module",
-                "add",
-                g.join(format!("{m}.wasm")).to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
+    add_example_modules(
+        &s.store,
+        &["append_bang", "redact_pii", "grep", "gunzip", "uppercase"],
+    );
     let put = |name: &str, data: &[u8], policy: &str| {
         let src = s.tmp.path().join(format!("{name}.src"));
         std::fs::write(&src, data).unwrap();

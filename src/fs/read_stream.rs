@@ -33,6 +33,8 @@ pub struct ChainStream {
     /// any chunk's output can be computed alone: this is the offset index of the chunks
     /// computed so far, always a prefix of the capsule, in order.
     local: Option<LocalIndex>,
+    /// The chain declares `preserves_size`: the output must be this long.
+    expect_size: Option<u64>,
 }
 
 /// Output placement of stored chunks, for chunk-local chains.
@@ -43,6 +45,17 @@ struct LocalIndex {
     /// The last chunk's output (index, bytes): consecutive small reads decode it once.
     last: Option<(usize, Vec<u8>)>,
     complete: bool,
+    /// The chain preserves sizes: output offset = stored offset, so no index is needed and
+    /// any read computes only the chunks it touches.
+    fixed: Option<Fixed>,
+}
+
+/// Chunk-local and size-preserving: placement is known without computing anything.
+struct Fixed {
+    /// The last chunk computed: (stored offset, output).
+    last: Option<(u64, Vec<u8>)>,
+    /// Output fed to the cache writer so far (it only ever gets the output in order).
+    fed: u64,
 }
 
 impl ChainStream {
@@ -65,18 +78,106 @@ impl ChainStream {
             failed: None,
             writer,
             local: None,
+            expect_size: None,
         }
     }
 
-    /// Switches to per-chunk processing (every transform of the chain is chunk-local).
-    pub fn chunk_local(mut self) -> ChainStream {
-        self.local = Some(LocalIndex::default());
+    /// Fails the stream (rather than serve a wrong length) unless the output is `n` bytes.
+    pub fn expect_size(mut self, n: u64) -> ChainStream {
+        self.expect_size = Some(n);
         self
+    }
+
+    /// Switches to per-chunk processing (every transform of the chain is chunk-local); with
+    /// `preserves_size`, chunks are placed without computing the ones before them.
+    pub fn chunk_local(mut self, preserves_size: bool) -> ChainStream {
+        self.local = Some(LocalIndex {
+            fixed: preserves_size.then_some(Fixed { last: None, fed: 0 }),
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Chunk-local, size-preserving read: only the chunks under the range are computed.
+    fn read_fixed(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let total = self.reader.size();
+        let end = (offset + size as u64).min(total);
+        let mut result = Vec::with_capacity((end.saturating_sub(offset)) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let Some(ext) = self.reader.chunk_at(pos)? else {
+                break;
+            };
+            let fixed = self.fixed_mut();
+            let cached = match &fixed.last {
+                Some((o, out)) if *o == ext.offset => Some(out.clone()),
+                _ => None,
+            };
+            let out = match cached {
+                Some(out) => out,
+                None => {
+                    let out = self.compute_chunk(ext)?;
+                    if out.len() != ext.len as usize {
+                        return Err(crate::space::views::size_broken(
+                            &self.name,
+                            ext.offset,
+                            ext.len as usize,
+                            out.len(),
+                        ));
+                    }
+                    self.feed_fixed(ext.offset, &out);
+                    self.fixed_mut().last = Some((ext.offset, out.clone()));
+                    out
+                }
+            };
+            let from = (pos - ext.offset) as usize;
+            let to = ((end - ext.offset) as usize).min(out.len());
+            result.extend_from_slice(&out[from..to]);
+            pos = ext.offset + to as u64;
+        }
+        Ok(result)
+    }
+
+    fn fixed_mut(&mut self) -> &mut Fixed {
+        self.local
+            .as_mut()
+            .and_then(|l| l.fixed.as_mut())
+            .expect("size-preserving chunk-local stream")
+    }
+
+    /// Feeds the cache writer while chunks are computed in order from the start; a jump
+    /// ahead abandons it (backward reads do not matter: that output was fed already).
+    fn feed_fixed(&mut self, at: u64, out: &[u8]) {
+        let total = self.reader.size();
+        let fed = self.fixed_mut().fed;
+        if at != fed {
+            if at > fed {
+                self.writer = None;
+            }
+            return;
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        w.push(out);
+        let fed = at + out.len() as u64;
+        self.fixed_mut().fed = fed;
+        if fed == total {
+            if let Some(w) = self.writer.take() {
+                match w.finish() {
+                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
+                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
+                }
+            }
+        }
     }
 
     /// Total output size, once the stream has reached its end.
     pub fn known_size(&self) -> Option<u64> {
         if let Some(l) = &self.local {
+            if l.fixed.is_some() {
+                return Some(self.reader.size());
+            }
             return l
                 .complete
                 .then(|| l.chunks.last().map(|c| c.0 + c.1).unwrap_or(0));
@@ -114,6 +215,14 @@ impl ChainStream {
             chain.finish(&mut self.out).map_err(what)?;
             self.finished = true;
             self.piece = Vec::new();
+            let total = self.out_start + self.out.len() as u64;
+            if let Some(want) = self.expect_size.filter(|w| *w != total) {
+                self.writer = None;
+                return Err(SpaceError::Transform(format!(
+                    "{}: the chain declares preserves_size but gave {total} bytes from {want}",
+                    self.name
+                )));
+            }
         } else {
             chain
                 .process(&self.piece[..n], &mut self.out)
@@ -230,7 +339,12 @@ impl ChainStream {
             return Err(SpaceError::Transform(m.clone()));
         }
         if self.local.is_some() {
-            return self.read_local(offset, size).inspect_err(|e| {
+            let r = if self.local.as_ref().is_some_and(|l| l.fixed.is_some()) {
+                self.read_fixed(offset, size)
+            } else {
+                self.read_local(offset, size)
+            };
+            return r.inspect_err(|e| {
                 self.failed = Some(e.to_string());
                 self.writer = None;
             });

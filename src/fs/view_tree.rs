@@ -85,6 +85,7 @@ impl SpaceFs {
     pub(crate) fn view_size(&self, node: &Node, view: Option<&str>, id: ViewId) -> u64 {
         match self.space.derivation(node, view) {
             Ok(None) => return node.size,
+            Ok(Some(d)) if d.preserves_size => return node.size,
             Ok(Some(d)) => match self.space.materialized(&d) {
                 Ok(Some(e)) => return e.size,
                 Ok(None) => {}
@@ -257,7 +258,9 @@ impl SpaceFs {
             writer,
         );
         if d.chunk_local {
-            stream = stream.chunk_local();
+            stream = stream.chunk_local(d.preserves_size);
+        } else if d.preserves_size {
+            stream = stream.expect_size(node.size);
         }
         let fh = self.handles.insert(Handle {
             kind: HandleKind::Stream {

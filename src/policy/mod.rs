@@ -180,6 +180,11 @@ impl Policy {
         !chain.is_empty() && chain.iter().all(|t| t.chunk_local)
     }
 
+    /// Whether a chain's output is as long as its input (every entry declares `preserves_size`).
+    pub fn is_size_preserving(chain: &[TransformSpec]) -> bool {
+        !chain.is_empty() && chain.iter().all(|t| t.preserves_size)
+    }
+
     /// The chain a view applies: the on-read chain for the default view, else a named one.
     pub fn view_chain(&self, view: Option<&str>) -> Option<Vec<TransformSpec>> {
         match view {

@@ -29,6 +29,11 @@ pub struct TransformSpec {
     /// (on-read chains whose every entry says so; docs/POLICY.md).
     #[serde(default, skip_serializing_if = "is_false")]
     pub chunk_local: bool,
+    /// The module's output is exactly as long as its input (per stored chunk when
+    /// `chunk_local`): sizes are known before anything runs, and a chunk-local read is placed
+    /// without computing earlier chunks. Checked: a module that breaks it fails the read.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub preserves_size: bool,
 }
 
 fn is_false(b: &bool) -> bool {

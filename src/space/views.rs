@@ -74,6 +74,8 @@ pub struct Derivation {
     pub cacheable: bool,
     /// Every transform declares `chunk_local`: the chain runs once per stored chunk.
     pub chunk_local: bool,
+    /// Every transform declares `preserves_size`: the view is as long as the capsule.
+    pub preserves_size: bool,
 }
 
 /// Counters of this process's use of the derived-output cache (for `/.space/stats`).
@@ -238,10 +240,11 @@ impl Space {
         let (ids, mut prov) = self.chain_provenance(&chain, &what)?;
         let source = self.source_digest(node)?;
         let chunk_local = Policy::is_chunk_local(&chain);
+        let preserves_size = Policy::is_size_preserving(&chain);
         let mut h = Sha256::new();
         h.update(KEY_DOMAIN);
         h.update(ABI_VERSION.to_le_bytes());
-        h.update([u8::from(chunk_local)]);
+        h.update([u8::from(chunk_local) | (u8::from(preserves_size) << 1)]);
         h.update(source);
         h.update((ids.len() as u64).to_le_bytes());
         for m in &ids {
@@ -259,6 +262,7 @@ impl Space {
             provenance: serde_yaml::to_string(&prov).expect("provenance serializes"),
             cacheable: policy.cache && self.store.config.derived_cache_bytes > 0,
             chunk_local,
+            preserves_size,
         }))
     }
 
@@ -358,6 +362,9 @@ impl Space {
                 let mut c = self.open_chain(&d.chain, &what)?;
                 c.process(data, &mut buf).map_err(fail)?;
                 c.finish(&mut buf).map_err(fail)?;
+                if d.preserves_size && buf.len() != data.len() {
+                    return Err(size_broken(&what, read, data.len(), buf.len()));
+                }
             } else {
                 t.process(data, &mut buf).map_err(fail)?;
             }
@@ -376,6 +383,12 @@ impl Space {
         }
         out.write_all(&buf).map_err(io_err)?;
         written += buf.len() as u64;
+        if d.preserves_size && written != node.size {
+            return Err(SpaceError::Transform(format!(
+                "{what}: the chain declares preserves_size but gave {written} bytes from {}",
+                node.size
+            )));
+        }
         if let Some(mut w) = writer {
             w.push(&buf);
             // The output is already delivered: failing to cache it is not the reader's error.
@@ -445,6 +458,14 @@ impl Space {
         let gc = self.gc()?;
         Ok((dropped, gc))
     }
+}
+
+/// A chunk-local chain declared `preserves_size` and broke it.
+pub fn size_broken(what: &str, offset: u64, input: usize, output: usize) -> SpaceError {
+    SpaceError::Transform(format!(
+        "{what}: the chain declares preserves_size but turned the {input}-byte chunk at offset \
+         {offset} into {output} bytes"
+    ))
 }
 
 /// One output piece for the cache writer.

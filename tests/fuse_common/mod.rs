@@ -283,3 +283,40 @@ pub fn spacectl(store: &Path, args: &[&str]) -> Output {
         .output()
         .expect("run spacectl")
 }
+
+/// `spacectl module add` of the example guests `names` (stored under /wasm).
+pub fn add_example_modules(store: &Path, names: &[&str]) {
+    let g = example_guests();
+    for m in names {
+        let o = spacectl(
+            store,
+            &[
+                "module",
+                "add",
+                g.join(format!("{m}.wasm")).to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+/// `spacectl put` of `data` at `dest` with the policy YAML `policy` (None: inherited).
+pub fn put_with_policy(s: &Scratch, dest: &str, data: &[u8], policy: Option<&str>) {
+    let tag = dest.replace('/', "_");
+    let src = s.tmp.path().join(format!("{tag}.src"));
+    std::fs::write(&src, data).unwrap();
+    let mut args = vec![
+        "put".to_string(),
+        src.display().to_string(),
+        "--as".into(),
+        dest.into(),
+    ];
+    if let Some(p) = policy {
+        let pol = s.tmp.path().join(format!("{tag}.yaml"));
+        std::fs::write(&pol, p).unwrap();
+        args.extend(["--policy".to_string(), pol.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = spacectl(&s.store, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

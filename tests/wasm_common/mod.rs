@@ -170,6 +170,7 @@ impl ModuleSource for MemSource {
 pub fn spec(name: &str, image: &str) -> TransformSpec {
     TransformSpec {
         chunk_local: false,
+        preserves_size: false,
         name: space::policy::TransformName::try_from(name.to_string()).unwrap(),
         image: space::policy::ModuleImage::try_from(image.to_string()).expect("valid image"),
         trigger: Trigger::OnRead,
