@@ -41,6 +41,11 @@ cat > "$work/app.log" <<'EOF'
 12:00:09 error disk almost full on /var
 EOF
 printf 'id,name,city\n1,"Ada, Countess",London\n2,Grace,"New York"\n' > "$work/people.csv"
+cat > "$work/payments.log" <<'EOF'
+09:00:01 INFO  charged alice@example.com 4111 1111 1111 1111
+09:00:02 ERROR card declined for bob@example.org 5500-0000-0000-0004
+09:00:03 INFO  refund sent to alice@example.com
+EOF
 
 echo
 echo "== capsules with policies (examples/policies/)"
@@ -48,6 +53,7 @@ run spacectl put "$work/customers.txt" --as /crm/customers.txt -p --policy examp
 run spacectl put "$work/app.log" --as /logs/app.log -p --policy examples/policies/grep-errors-on-read.yaml
 run spacectl mkdir /ingest --policy examples/policies/csv-to-jsonl-on-write.yaml
 run spacectl put "$work/people.csv" --as /ingest/people.csv
+run spacectl put "$work/payments.log" --as /logs/payments.log --policy examples/policies/views.yaml
 run spacectl ls -l /crm
 
 echo
@@ -64,6 +70,13 @@ echo "# on-read filter: the log shows only error lines"
 run cat "$mnt/logs/app.log"
 echo "# on-write conversion: CSV stored as JSON lines"
 run cat "$mnt/ingest/people.csv"
+echo "# one capsule, many views: the default view (redacted) and a named one (errors only)"
+run cat "$mnt/logs/payments.log"
+run ls "$mnt/.space/views" "$mnt/.space/views/errors/logs"
+run cat "$mnt/.space/views/errors/logs/payments.log"
+echo "# computed once, then served from the derived-output cache: exact size, and provenance"
+run ls -l "$mnt/logs/payments.log" "$mnt/.space/views/errors/logs/payments.log"
+run getfattr --only-values -n user.space.provenance "$mnt/.space/views/errors/logs/payments.log"
 echo "# ordinary writes through the mount go through the pipeline too"
 run cp "$work/customers.txt" "$mnt/crm/copy.txt"
 run getfattr -n user.space.id "$mnt/crm/copy.txt"
@@ -73,5 +86,7 @@ echo
 run spacectl umount "$mnt"
 run spacectl fsck
 run spacectl stats
+run spacectl cache stats
+run spacectl get /logs/payments.log --view errors
 echo
 echo "demo finished: store, mount and temporary files are removed on exit"

@@ -111,9 +111,19 @@ impl FuseAdapter {
         self.fs.opts.ttl
     }
 
+    /// Attributes whose size is not known yet (a view not computed) are not cached by the
+    /// kernel, so `ls -l` after the first full read shows the real size at once.
+    fn ttl_for(&self, a: &Attr) -> Duration {
+        if a.size_unknown {
+            Duration::ZERO
+        } else {
+            self.ttl()
+        }
+    }
+
     fn entry(&self, r: FsResult<Attr>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&self.ttl(), &file_attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl_for(&a), &file_attr(&a), Generation(0)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -168,7 +178,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl_for(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -200,7 +210,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time),
         };
         match self.fs.setattr(ino.0, &req, fh.map(|f| f.0)) {
-            Ok(a) => reply.attr(&self.ttl(), &file_attr(&a)),
+            Ok(a) => reply.attr(&self.ttl_for(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -442,7 +452,7 @@ impl Filesystem for FuseAdapter {
                         INodeNo(e.ino),
                         next,
                         name,
-                        &self.ttl(),
+                        &self.ttl_for(&a),
                         &file_attr(&a),
                         Generation(0),
                     ) {
@@ -541,7 +551,7 @@ impl Filesystem for FuseAdapter {
             .create(parent.0, name.as_bytes(), mode, flags, caller(req))
         {
             Ok((a, o)) => reply.created(
-                &self.ttl(),
+                &self.ttl_for(&a),
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(o.fh),

@@ -108,6 +108,8 @@ pub struct Attr {
     pub gid: u32,
     /// Device number of a device node (Linux `dev_t`); 0 otherwise.
     pub rdev: u64,
+    /// `size` is a placeholder (0): a view whose output length is not known yet.
+    pub size_unknown: bool,
 }
 
 /// Settings of a mount.

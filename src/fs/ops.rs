@@ -73,6 +73,7 @@ impl SpaceFs {
     /// `stat` of a store node, with what only the mount knows (dirty size, transformed size).
     pub(crate) fn node_attr(&self, node: &Node) -> Attr {
         let mut size = node.size;
+        let mut size_unknown = false;
         let mut mtime = node.mtime;
         let mut ctime = node.ctime;
         if node.kind == NodeKind::File {
@@ -97,7 +98,9 @@ impl SpaceFs {
             } else if self.chains(node).on_read {
                 // Unknown until a stream reached the end: 0 makes `tail`, `cp`, … read to EOF
                 // (docs/SEMANTICS.md, "Sizes of transformed capsules").
-                size = self.view_size(node, None, 0);
+                let (s, known) = self.view_size(node, None, 0);
+                size = s;
+                size_unknown = !known;
             }
         }
         Attr {
@@ -113,6 +116,7 @@ impl SpaceFs {
             uid: node.uid,
             gid: node.gid,
             rdev: node.rdev,
+            size_unknown,
         }
     }
 

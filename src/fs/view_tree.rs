@@ -82,28 +82,29 @@ impl SpaceFs {
 
     /// Size of a view of a capsule: exact once materialized (or once a stream reached the
     /// end), else 0 so readers read to EOF (docs/SEMANTICS.md).
-    pub(crate) fn view_size(&self, node: &Node, view: Option<&str>, id: ViewId) -> u64 {
+    /// Returns (size, known).
+    pub(crate) fn view_size(&self, node: &Node, view: Option<&str>, id: ViewId) -> (u64, bool) {
         match self.space.derivation(node, view) {
-            Ok(None) => return node.size,
-            Ok(Some(d)) if d.preserves_size => return node.size,
+            Ok(None) => return (node.size, true),
+            Ok(Some(d)) if d.preserves_size => return (node.size, true),
             Ok(Some(d)) => match self.space.materialized(&d) {
-                Ok(Some(e)) => return e.size,
+                Ok(Some(e)) => return (e.size, true),
                 Ok(None) => {}
                 Err(e) => log::warn!("{}: cache lookup failed: {e}", self.name_of(node)),
             },
             Err(e) => log::debug!("{}: view unavailable: {e}", self.name_of(node)),
         }
         match lock(&self.transformed_sizes).get(&(node.ino, id)) {
-            Some((v, s)) if *v == node.version => *s,
-            _ => 0,
+            Some((v, s)) if *v == node.version => (*s, true),
+            _ => (0, false),
         }
     }
 
     fn view_attr(&self, node: &Node, id: ViewId, name: &str) -> FsResult<Attr> {
         let ino = view_ino(id, node.ino).ok_or(libc::EOVERFLOW)?;
-        let size = match node.kind {
+        let (size, known) = match node.kind {
             NodeKind::File => self.view_size(node, Some(name), id),
-            _ => 0,
+            _ => (0, true),
         };
         Ok(Attr {
             ino,
@@ -118,6 +119,7 @@ impl SpaceFs {
             uid: node.uid,
             gid: node.gid,
             rdev: 0,
+            size_unknown: !known,
         })
     }
 

@@ -27,6 +27,7 @@ impl SpaceFs {
             uid,
             gid,
             rdev: 0,
+            size_unknown: false,
         }
     }
 
@@ -44,6 +45,7 @@ impl SpaceFs {
             uid: node.uid,
             gid: node.gid,
             rdev: node.rdev,
+            size_unknown: false,
         }
     }
 
