@@ -97,6 +97,9 @@ def main():
     print(f"# generating {a.size_mib} MiB inputs in {a.dir}", file=sys.stderr)
     make_random(rnd_src, size)
     make_text(txt_src, size)
+    # Start every timed write from a quiescent disk: the inputs just generated are 2 GiB of
+    # dirty pages whose writeback would otherwise land on whichever system runs first.
+    sh(["sync"])
     rows = []
 
     # --- SPACE ---
@@ -105,6 +108,7 @@ def main():
         store = os.path.join(a.dir, f"store-{kind}")
         sh([SPACECTL, "init", store], stdout=subprocess.DEVNULL)
         sh(["cat", src], stdout=subprocess.DEVNULL)  # source in page cache for both systems
+        sh(["sync"])
         put_s, put_rss = timed(spacectl(store, "put", src, "--as", "/f", "-q"))
         drop_caches()
         get_s, get_rss = timed(spacectl(store, "get", "/f"))
@@ -121,6 +125,7 @@ def main():
     sh(["gocryptfs", "-q", "-extpass", "echo benchpass", cipher, mnt])
     try:
         sh(["cat", rnd_src], stdout=subprocess.DEVNULL)
+        sh(["sync"])
         t0 = time.perf_counter()
         sh(["dd", f"if={rnd_src}", f"of={mnt}/f", "bs=1M", "conv=fsync", "status=none"])
         gw = time.perf_counter() - t0
@@ -132,6 +137,7 @@ def main():
         sh(["fusermount3", "-u", mnt])
     # --- plain directory (context: the disk itself) ---
     plain = os.path.join(a.dir, "plain.bin")
+    sh(["sync"])
     t0 = time.perf_counter()
     sh(["dd", f"if={rnd_src}", f"of={plain}", "bs=1M", "conv=fsync", "status=none"])
     pw = time.perf_counter() - t0

@@ -11,18 +11,19 @@ use space::store::faulty::FaultyBackend;
 use space::store::{ChunkBackend, InitOptions, LocalBackend, Store, Unlock};
 use space::{Space, SpaceError};
 
-fn object_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut v = Vec::new();
-    for d in std::fs::read_dir(dir.join("objects")).unwrap() {
-        let d = d.unwrap();
-        if d.file_name().len() == 2 {
-            for f in std::fs::read_dir(d.path()).unwrap() {
-                v.push(f.unwrap().path());
-            }
-        }
-    }
-    v.sort();
-    v
+/// Where each stored object is: (pack file, offset of the object, its length), by chunk id.
+fn stored_objects(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, u32)> {
+    let space = common::open(dir);
+    let mut rows = space.store.meta.chunk_rows().unwrap();
+    rows.sort_by_key(|r| r.id);
+    rows.iter()
+        .map(|r| {
+            let (loc, len) = space.store.meta.chunk_location(&r.id).unwrap().unwrap();
+            let loc = loc.expect("format-2 stores pack their objects");
+            let pack = dir.join("packs").join(format!("{:016x}.pack", loc.pack));
+            (pack, loc.offset, len)
+        })
+        .collect()
 }
 
 #[test]
@@ -40,15 +41,15 @@ fn flipped_bit_in_any_chunk_is_an_integrity_error_naming_capsule_and_chunk() {
         ],
     );
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let objects = object_files(&dir);
+    let objects = stored_objects(&dir);
     assert!(objects.len() > 3);
     // Flip one bit in the middle of one object (header, nonce, body and tag are all covered
     // by the unit tests of the codec; here the whole CLI path is exercised).
-    let victim = &objects[objects.len() / 2];
-    let mut bytes = std::fs::read(victim).unwrap();
-    let pos = bytes.len() / 2;
+    let (pack, offset, len) = &objects[objects.len() / 2];
+    let mut bytes = std::fs::read(pack).unwrap();
+    let pos = (*offset + *len as u64 / 2) as usize;
     bytes[pos] ^= 0x01;
-    std::fs::write(victim, &bytes).unwrap();
+    std::fs::write(pack, &bytes).unwrap();
 
     let o = common::spacectl(&dir, &["get", "/victim"]);
     assert_eq!(o.status.code(), Some(6), "{}", common::stderr(&o));
@@ -80,7 +81,7 @@ fn flipped_bit_in_any_chunk_is_an_integrity_error_naming_capsule_and_chunk() {
 fn tampering_detected_through_the_backend_decorator() {
     let (_t, dir) = common::new_store();
     let faulty = Arc::new(FaultyBackend::new(Arc::new(
-        LocalBackend::open(&dir.join("objects")).unwrap(),
+        LocalBackend::open(&dir.join("objects"), Some(&dir.join("packs"))).unwrap(),
     )));
     let store = Store::open(&dir, &Unlock::default()).unwrap();
     let f2 = Arc::clone(&faulty);
@@ -180,7 +181,7 @@ fn wrong_key_and_wrong_passphrase_are_refused_up_front() {
 fn disk_full_during_put_fails_cleanly_and_keeps_the_old_version() {
     let (_t, dir) = common::new_store();
     let faulty = Arc::new(FaultyBackend::new(Arc::new(
-        LocalBackend::open(&dir.join("objects")).unwrap(),
+        LocalBackend::open(&dir.join("objects"), Some(&dir.join("packs"))).unwrap(),
     )));
     let f2 = Arc::clone(&faulty);
     let store = Store::open(&dir, &Unlock::default()).unwrap();

@@ -157,11 +157,15 @@ fn dispatch(cli: &Cli, space: &Space) -> Result<i32> {
         Command::Gc => {
             let r = space.gc()?;
             println!(
-                "removed {} unreferenced chunks ({}), {} orphan objects, {} temporary files",
+                "removed {} unreferenced chunks ({}), {} orphan objects, {} temporary files; \
+                 repacked {} packs, deleted {} ({} given back)",
                 r.chunks_removed,
                 human_bytes(r.bytes_freed),
                 r.orphans_removed,
-                r.temporaries_removed
+                r.temporaries_removed,
+                r.packs_repacked,
+                r.packs_deleted,
+                human_bytes(r.pack_bytes_freed)
             );
             Ok(0)
         }
@@ -504,6 +508,12 @@ fn fsck(space: &Space) -> Result<i32> {
             ""
         }
     );
+    if report.dead_pack_bytes > 0 {
+        println!(
+            "{} in pack files belong to no live chunk (gc rewrites packs that are mostly dead)",
+            human_bytes(report.dead_pack_bytes)
+        );
+    }
     if report.damaged() {
         println!("store is DAMAGED");
         Ok(6)

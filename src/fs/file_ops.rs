@@ -13,7 +13,7 @@ use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
 use crate::pipeline::CapsuleReader;
-use crate::pipeline::read_path::load_chunk;
+use crate::pipeline::read_path::load_chunk_at;
 use crate::store::meta::{Node, NodeKind, SetAttr};
 
 /// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
@@ -74,12 +74,13 @@ impl SpaceFs {
                 )));
             };
             let ext = c.extent;
+            let known = c.loc.map(|l| (l, c.stored_len));
             let store = &self.space.store;
             let data = self
                 .space
                 .cache
                 .get_or_load(&ext.chunk, &|| {
-                    load_chunk(store, &ext.chunk, &|| {
+                    load_chunk_at(store, &ext.chunk, known, &|| {
                         format!("{name}, chunk at offset {} (not committed yet)", ext.offset)
                     })
                 })

@@ -252,7 +252,38 @@ impl ChunkCache {
 
 /// Fetches and decodes one chunk; `context` names the capsule and chunk for error messages.
 pub fn load_chunk(store: &Store, id: &ChunkId, context: &dyn Fn() -> String) -> Result<Vec<u8>> {
-    let object = store.chunks.get(id).map_err(|e| {
+    load_chunk_at(store, id, None, context)
+}
+
+/// [`load_chunk`] with the object's location when the caller knows it (objects stored ahead
+/// of their metadata commit have no chunk row yet).
+pub fn load_chunk_at(
+    store: &Store,
+    id: &ChunkId,
+    known: Option<(crate::store::PackLoc, u32)>,
+    context: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    let fetch = || -> std::io::Result<Vec<u8>> {
+        if let Some((loc, len)) = known {
+            return store.chunks.get(id, Some(loc), len);
+        }
+        let located = store
+            .meta
+            .chunk_location(id)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match located {
+            Some((loc, len)) => store.chunks.get(id, loc, len),
+            // No row: a loose object stored ahead of its commit (format 1), or nothing.
+            None => store.chunks.get(id, None, 0),
+        }
+    };
+    // A concurrent gc may have moved the object (repacked) between lookup and read: the
+    // second lookup finds its new place.
+    let object = fetch().or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound if known.is_none() => fetch(),
+        _ => Err(e),
+    });
+    let object = object.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             SpaceError::Integrity {
                 context: context(),

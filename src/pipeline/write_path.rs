@@ -217,11 +217,14 @@ fn finish(
         ..Default::default()
     };
     // A chunk repeated within the stream may have been reported as reused by one worker
-    // while another wrote it: record the object size on every occurrence.
-    let mut sizes: std::collections::HashMap<ChunkId, u32> = std::collections::HashMap::new();
+    // while another wrote it: record the object size and location on every occurrence.
+    let mut sizes: std::collections::HashMap<ChunkId, (u32, Option<crate::store::PackLoc>)> =
+        std::collections::HashMap::new();
     for d in results.values() {
         let e = sizes.entry(d.chunk.extent.chunk).or_default();
-        *e = (*e).max(d.chunk.stored_len);
+        if d.chunk.stored_len > e.0 {
+            *e = (d.chunk.stored_len, d.chunk.loc);
+        }
     }
     let chunks: Vec<ContentChunk> = results
         .into_values()
@@ -231,9 +234,11 @@ fn finish(
             } else {
                 report.stored_bytes += d.chunk.stored_len as u64;
             }
+            let (stored_len, loc) = sizes[&d.chunk.extent.chunk];
             ContentChunk {
                 extent: d.chunk.extent,
-                stored_len: sizes[&d.chunk.extent.chunk],
+                stored_len,
+                loc,
             }
         })
         .collect();
@@ -341,12 +346,13 @@ fn store_chunk(
             chunk: ContentChunk {
                 extent,
                 stored_len: 0,
+                loc: None,
             },
             reused: true,
         });
     }
     let object = chunk_codec::encode(&store.keys, s, &id, &job.data, salt);
-    store
+    let loc = store
         .chunks
         .put(&id, &object)
         .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
@@ -355,6 +361,7 @@ fn store_chunk(
         chunk: ContentChunk {
             extent,
             stored_len: object.len() as u32,
+            loc,
         },
         reused: false,
     })

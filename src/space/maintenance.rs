@@ -16,8 +16,10 @@ pub struct FsckReport {
     pub meta_problems: Vec<MetaProblem>,
     /// Chunks that are missing or fail authentication/verification, with the capsules hit.
     pub bad_chunks: Vec<(ChunkId, String, Vec<String>)>,
-    /// Objects no metadata references (left by interrupted writes; gc removes them).
+    /// Loose objects no metadata references (left by interrupted writes; gc removes them).
     pub orphan_objects: u64,
+    /// Bytes in pack files that no live chunk uses (gc repacks packs that are mostly dead).
+    pub dead_pack_bytes: u64,
 }
 
 impl FsckReport {
@@ -32,7 +34,15 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub orphans_removed: u64,
     pub temporaries_removed: u64,
+    /// Packs rewritten (live objects copied to a new pack) or deleted (nothing live).
+    pub packs_repacked: u64,
+    pub packs_deleted: u64,
+    /// Pack bytes given back to the filesystem.
+    pub pack_bytes_freed: u64,
 }
+
+/// A pack is rewritten when less than this share of it is live.
+const REPACK_LIVE_SHARE: f64 = 0.5;
 
 impl Space {
     /// Verifies metadata consistency and every live chunk (fetch, authenticate, decrypt,
@@ -75,6 +85,16 @@ impl Space {
             .list()
             .map_err(|e| SpaceError::io("listing chunk objects", e))?;
         report.orphan_objects = objects.iter().filter(|id| !known.contains(id)).count() as u64;
+        let usage: std::collections::HashMap<u64, u64> =
+            self.store.meta.pack_usage()?.into_iter().collect();
+        for (pack, size) in self
+            .store
+            .chunks
+            .packs()
+            .map_err(|e| SpaceError::io("listing pack files", e))?
+        {
+            report.dead_pack_bytes += size.saturating_sub(usage.get(&pack).copied().unwrap_or(0));
+        }
         Ok(report)
     }
 
@@ -131,13 +151,68 @@ impl Space {
                 report.orphans_removed += 1;
             }
         }
+        self.repack(&mut report)?;
         log::info!(
-            "gc: removed {} chunks ({} bytes), {} orphans, {} temporaries",
+            "gc: removed {} chunks ({} bytes), {} orphans, {} temporaries; {} packs repacked, \
+             {} deleted, {} pack bytes freed",
             report.chunks_removed,
             report.bytes_freed,
             report.orphans_removed,
-            report.temporaries_removed
+            report.temporaries_removed,
+            report.packs_repacked,
+            report.packs_deleted,
+            report.pack_bytes_freed
         );
         Ok(report)
+    }
+
+    /// Deletes packs with nothing live and rewrites packs that are mostly dead: live objects
+    /// are copied to the current pack, made durable, the metadata points at the copies (one
+    /// transaction), then the old pack is deleted. Packs another process still appends to are
+    /// left alone. The caller holds the store lock exclusively.
+    fn repack(&self, report: &mut GcReport) -> Result<()> {
+        let chunks = &self.store.chunks;
+        let usage: std::collections::HashMap<u64, u64> =
+            self.store.meta.pack_usage()?.into_iter().collect();
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |e| SpaceError::io(what.clone(), e)
+        };
+        for (pack, size) in chunks.packs().map_err(io("listing pack files"))? {
+            let live = usage.get(&pack).copied().unwrap_or(0);
+            if size == 0 || chunks.pack_in_use(pack) {
+                continue;
+            }
+            if live as f64 >= size as f64 * REPACK_LIVE_SHARE {
+                continue;
+            }
+            if live > 0 {
+                let mut moves = Vec::new();
+                for (id, loc, len) in self.store.meta.chunks_in_pack(pack)? {
+                    let bytes = chunks
+                        .get(&id, Some(loc), len)
+                        .map_err(io(&format!("reading chunk {id} to repack")))?;
+                    if let Some(new) = chunks
+                        .put(&id, &bytes)
+                        .map_err(io(&format!("repacking chunk {id}")))?
+                    {
+                        moves.push((id, new));
+                    }
+                }
+                chunks.sync().map_err(io("syncing repacked objects"))?;
+                self.store.meta.relocate(&moves)?;
+                report.packs_repacked += 1;
+            }
+            if chunks
+                .delete_pack(pack)
+                .map_err(io(&format!("deleting pack {pack:016x}")))?
+            {
+                if live == 0 {
+                    report.packs_deleted += 1;
+                }
+                report.pack_bytes_freed += size.saturating_sub(live);
+            }
+        }
+        Ok(())
     }
 }

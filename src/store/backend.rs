@@ -3,26 +3,52 @@
 
 use crate::store::ChunkId;
 
+/// Where a packed object sits: pack file number and the byte offset of the object (after its
+/// record header, docs/FORMAT.md 4.2). Its length is the chunk's `stored_len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PackLoc {
+    pub pack: u64,
+    pub offset: u64,
+}
+
 /// Content-addressed object storage for sealed chunks.
+///
+/// Objects are either *loose* (one object per name, found by id alone; store format 1 and
+/// backends like S3) or *packed* (appended to pack files; `put` returns the location, which
+/// the metadata keeps with the chunk).
 ///
 /// Durability contract: after `sync` returns, every object of an earlier `put` — bytes and
 /// name — is on stable storage. The metadata commit that references an object happens only
 /// after that, so a crash never leaves a committed reference to a missing or partial object.
 pub trait ChunkBackend: Send + Sync {
-    /// Stores an object under `id`, replacing any leftover (uncommitted) object with that name.
-    fn put(&self, id: &ChunkId, bytes: &[u8]) -> std::io::Result<()>;
-    /// Reads a whole object.
-    fn get(&self, id: &ChunkId) -> std::io::Result<Vec<u8>>;
+    /// Stores an object; returns its pack location, or None if it is addressed by id alone.
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> std::io::Result<Option<PackLoc>>;
+    /// Reads an object of `len` bytes: at `loc` if packed, else by id.
+    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<Vec<u8>>;
+    /// Deletes a loose object (packed objects are reclaimed by repacking).
     fn delete(&self, id: &ChunkId) -> std::io::Result<()>;
-    fn exists(&self, id: &ChunkId) -> std::io::Result<bool>;
-    /// Every object id present (for gc and fsck).
+    /// Every loose object id present (for gc and fsck).
     fn list(&self) -> std::io::Result<Vec<ChunkId>>;
-    /// Makes earlier puts' names durable.
+    /// Makes earlier puts durable.
     fn sync(&self) -> std::io::Result<()>;
     /// Removes leftovers of interrupted puts (temporary files).
     fn clean_temporaries(&self) -> std::io::Result<usize>;
     /// Bytes free for new objects, for `df` (None if unknown).
     fn free_space(&self) -> Option<(u64, u64)> {
         None
+    }
+    /// Every pack file and its size in bytes.
+    fn packs(&self) -> std::io::Result<Vec<(u64, u64)>> {
+        Ok(Vec::new())
+    }
+    /// Deletes a pack file unless some process still appends to it; returns whether it did.
+    fn delete_pack(&self, pack: u64) -> std::io::Result<bool> {
+        let _ = pack;
+        Ok(false)
+    }
+    /// Whether some process (this one included) still appends to `pack`.
+    fn pack_in_use(&self, pack: u64) -> bool {
+        let _ = pack;
+        true
     }
 }

@@ -8,7 +8,10 @@ use crate::crypto::MasterKey;
 use crate::error::{Result, SpaceError};
 
 pub const FORMAT_NAME: &str = "space-store";
-pub const FORMAT_VERSION: u32 = 1;
+/// Written by `init`. Version 2 stores objects in pack files; version 1 (loose objects) is
+/// still read and written as such.
+pub const FORMAT_VERSION: u32 = 2;
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,9 +79,10 @@ impl StoreConfig {
         if c.format != FORMAT_NAME {
             return Err(bad(format!("format `{}` is not {FORMAT_NAME}", c.format)));
         }
-        if c.format_version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&c.format_version) {
             return Err(bad(format!(
-                "format version {} is not supported (this build reads version {FORMAT_VERSION})",
+                "format version {} is not supported (this build reads versions \
+                 {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 c.format_version
             )));
         }

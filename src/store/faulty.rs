@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ChunkId;
-use super::backend::ChunkBackend;
+use super::backend::{ChunkBackend, PackLoc};
 
 pub struct FaultyBackend {
     inner: Arc<dyn ChunkBackend>,
@@ -27,7 +27,7 @@ impl FaultyBackend {
 }
 
 impl ChunkBackend for FaultyBackend {
-    fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<()> {
+    fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<Option<PackLoc>> {
         let n = bytes.len() as u64;
         let ok = self
             .space_left
@@ -45,8 +45,8 @@ impl ChunkBackend for FaultyBackend {
         self.inner.put(id, bytes)
     }
 
-    fn get(&self, id: &ChunkId) -> io::Result<Vec<u8>> {
-        let mut b = self.inner.get(id)?;
+    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> io::Result<Vec<u8>> {
+        let mut b = self.inner.get(id, loc, len)?;
         let at = self.flip_at.load(Ordering::SeqCst);
         if at != u64::MAX && (at as usize) < b.len() {
             b[at as usize] ^= 1;
@@ -57,9 +57,6 @@ impl ChunkBackend for FaultyBackend {
     fn delete(&self, id: &ChunkId) -> io::Result<()> {
         self.inner.delete(id)
     }
-    fn exists(&self, id: &ChunkId) -> io::Result<bool> {
-        self.inner.exists(id)
-    }
     fn list(&self) -> io::Result<Vec<ChunkId>> {
         self.inner.list()
     }
@@ -68,5 +65,17 @@ impl ChunkBackend for FaultyBackend {
     }
     fn clean_temporaries(&self) -> io::Result<usize> {
         self.inner.clean_temporaries()
+    }
+    fn free_space(&self) -> Option<(u64, u64)> {
+        self.inner.free_space()
+    }
+    fn packs(&self) -> io::Result<Vec<(u64, u64)>> {
+        self.inner.packs()
+    }
+    fn delete_pack(&self, pack: u64) -> io::Result<bool> {
+        self.inner.delete_pack(pack)
+    }
+    fn pack_in_use(&self, pack: u64) -> bool {
+        self.inner.pack_in_use(pack)
     }
 }

@@ -114,6 +114,8 @@ pub struct Extent {
 pub struct ContentChunk {
     pub extent: Extent,
     pub stored_len: u32,
+    /// Where the object was written by this write (None: reused, or a loose object).
+    pub loc: Option<super::PackLoc>,
 }
 
 /// A capsule's complete new content.
@@ -380,6 +382,15 @@ pub trait MetaStore: Send + Sync {
 
     /// Distinct policy texts containing `needle` (e.g. every policy declaring views).
     fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;
+
+    /// Where a chunk's object is and how long it is (None: no such chunk row).
+    fn chunk_location(&self, id: &ChunkId) -> Result<Option<(Option<super::PackLoc>, u32)>>;
+    /// Live bytes (objects of chunks with references, plus record headers) per pack.
+    fn pack_usage(&self) -> Result<Vec<(u64, u64)>>;
+    /// Live chunks stored in `pack`: (id, location, object length).
+    fn chunks_in_pack(&self, pack: u64) -> Result<Vec<(ChunkId, super::PackLoc, u32)>>;
+    /// Points chunks at new locations (after repacking), in one transaction.
+    fn relocate(&self, moves: &[(ChunkId, super::PackLoc)]) -> Result<()>;
 
     /// Provenance recorded with a node's current content (set by on-write chains).
     fn provenance(&self, ino: Ino) -> Result<Option<String>>;

@@ -12,7 +12,7 @@ mod sqlite;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::ChunkBackend;
+pub use backend::{ChunkBackend, PackLoc};
 pub use config::StoreConfig;
 pub use local::LocalBackend;
 pub use lock::{LockMode, StoreLock};
@@ -55,6 +55,7 @@ pub const CONFIG_FILE: &str = "store.yaml";
 pub const KEY_FILE: &str = "master.key";
 pub const META_FILE: &str = "meta.db";
 pub const OBJECTS_DIR: &str = "objects";
+pub const PACKS_DIR: &str = "packs";
 pub const ARTIFACTS_DIR: &str = "artifacts";
 
 /// How to unlock a store.
@@ -128,7 +129,7 @@ impl Store {
         let meta_path = dir.join(META_FILE);
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         SqliteMeta::open(&meta_path, uid, gid)?;
-        LocalBackend::open(&dir.join(OBJECTS_DIR))
+        LocalBackend::open(&dir.join(OBJECTS_DIR), Some(&dir.join(PACKS_DIR)))
             .map_err(|e| SpaceError::io("creating objects directory", e))?;
         std::fs::create_dir_all(dir.join(ARTIFACTS_DIR))
             .map_err(|e| SpaceError::io("creating artifacts directory", e))?;
@@ -161,8 +162,10 @@ impl Store {
         let lock = StoreLock::open(&dir.join("lock"))?;
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let meta = Arc::new(SqliteMeta::open(&dir.join(META_FILE), uid, gid)?);
+        // Format 1 stores keep loose objects; format 2 appends to pack files.
+        let packs = (config.format_version >= 2).then(|| dir.join(PACKS_DIR));
         let chunks = Arc::new(
-            LocalBackend::open(&dir.join(OBJECTS_DIR))
+            LocalBackend::open(&dir.join(OBJECTS_DIR), packs.as_deref())
                 .map_err(|e| SpaceError::io("opening objects directory", e))?,
         );
         Ok(Store {

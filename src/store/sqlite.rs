@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS chunks (
     id BLOB PRIMARY KEY,
     refcount INTEGER NOT NULL,
     plain_len INTEGER NOT NULL,
-    stored_len INTEGER NOT NULL
+    stored_len INTEGER NOT NULL,
+    pack INTEGER,
+    pack_offset INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS derived (
     id INTEGER PRIMARY KEY,
@@ -185,6 +187,14 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
     if !has_provenance {
         c.execute_batch("ALTER TABLE nodes ADD COLUMN provenance TEXT")?;
     }
+    let has_pack = c
+        .prepare("SELECT 1 FROM pragma_table_info('chunks') WHERE name='pack'")?
+        .exists([])?;
+    if !has_pack {
+        c.execute_batch(
+            "ALTER TABLE chunks ADD COLUMN pack INTEGER; ALTER TABLE chunks ADD COLUMN pack_offset INTEGER",
+        )?;
+    }
     Ok(())
 }
 
@@ -284,8 +294,11 @@ fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
         "INSERT INTO extents (ino, offset, length, chunk) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut up = tx.prepare_cached(
-        "INSERT INTO chunks (id, refcount, plain_len, stored_len) VALUES (?1, 1, ?2, ?3)
-         ON CONFLICT(id) DO UPDATE SET refcount = refcount + 1",
+        "INSERT INTO chunks (id, refcount, plain_len, stored_len, pack, pack_offset)
+         VALUES (?1, 1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id) DO UPDATE SET refcount = refcount + 1,
+             pack = COALESCE(pack, excluded.pack),
+             pack_offset = COALESCE(pack_offset, excluded.pack_offset)",
     )?;
     let mut expect = 0u64;
     for c in &content.chunks {
@@ -306,7 +319,9 @@ fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
         let n = up.execute(params![
             e.chunk.0.to_vec(),
             e.len as i64,
-            c.stored_len as i64
+            c.stored_len as i64,
+            c.loc.map(|l| l.pack as i64),
+            c.loc.map(|l| l.offset as i64)
         ])?;
         debug_assert_eq!(n, 1);
     }
@@ -892,6 +907,73 @@ impl MetaStore for SqliteMeta {
                 "DELETE FROM xattrs WHERE ino=?1 AND name=?2",
                 params![ino as i64, name],
             )? > 0)
+        })
+    }
+
+    fn chunk_location(&self, id: &ChunkId) -> Result<Option<(Option<super::PackLoc>, u32)>> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT stored_len, pack, pack_offset FROM chunks WHERE id=?1")?
+                    .query_row([id.0.to_vec()], |r| {
+                        let len = r.get::<_, i64>(0)? as u32;
+                        let pack: Option<i64> = r.get(1)?;
+                        let off: Option<i64> = r.get(2)?;
+                        let loc = match (pack, off) {
+                            (Some(p), Some(o)) => Some(super::PackLoc {
+                                pack: p as u64,
+                                offset: o as u64,
+                            }),
+                            _ => None,
+                        };
+                        Ok((loc, len))
+                    })
+                    .optional()?,
+            )
+        })
+    }
+
+    fn pack_usage(&self) -> Result<Vec<(u64, u64)>> {
+        self.read(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT pack, SUM(stored_len) + {} * COUNT(*) FROM chunks
+                 WHERE pack IS NOT NULL AND refcount > 0 GROUP BY pack",
+                super::local::PACK_RECORD_HEADER
+            ))?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn chunks_in_pack(&self, pack: u64) -> Result<Vec<(ChunkId, super::PackLoc, u32)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT id, pack_offset, stored_len FROM chunks
+                 WHERE pack = ?1 AND refcount > 0 ORDER BY pack_offset",
+            )?;
+            let rows = st.query_map([pack as i64], |r| {
+                Ok((
+                    chunk_id_from(r.get(0)?),
+                    super::PackLoc {
+                        pack,
+                        offset: r.get::<_, i64>(1)? as u64,
+                    },
+                    r.get::<_, i64>(2)? as u32,
+                ))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn relocate(&self, moves: &[(ChunkId, super::PackLoc)]) -> Result<()> {
+        self.write(|tx| {
+            let mut st =
+                tx.prepare_cached("UPDATE chunks SET pack = ?2, pack_offset = ?3 WHERE id = ?1")?;
+            for (id, loc) in moves {
+                st.execute(params![id.0.to_vec(), loc.pack as i64, loc.offset as i64])?;
+            }
+            Ok(())
         })
     }
 
