@@ -14,7 +14,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod space;
 pub mod store;
-mod util;
+pub mod util;
 pub mod wasm;
 
 pub use error::{Result, SpaceError};

@@ -25,3 +25,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(io)?;
     Ok(())
 }
+
+/// Keeps the process's memory bounded by what it is using (docs: "memory is bounded by chunk
+/// size × concurrency"). With glibc's defaults, a long-running process whose many threads each
+/// allocate and free chunk-sized buffers retains hundreds of MiB: every thread gets its own
+/// arena, and after the first large buffer is freed the mmap threshold rises to its size, so
+/// later multi-MiB buffers (write batches) come from the arenas and stay there. A fixed 4 MiB
+/// threshold returns those to the kernel on free while chunk-sized buffers (≤ 1 MiB) are still
+/// recycled in the arenas (mmapping each one costs a page fault per 4 KiB), and four arenas
+/// bound the rest. Measured in spacefs writing then streaming 2 GiB: 340 MiB resident before.
+pub fn bound_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
+    }
+}
