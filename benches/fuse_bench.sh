@@ -103,7 +103,9 @@ echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | $
 if [ -n "${IDENTITY_WASM:-}" ]; then
     # Identity on-read chain vs no chain, and RSS while streaming a BIG_MIB capsule through it.
     mkdir "$WORK/space.mnt/id"
-    setfattr -n user.space.policy -v "transform:
+    # cache: false measures the chain itself (a cached view would be read back from the store).
+    setfattr -n user.space.policy -v "cache: false
+transform:
   - name: identity
     image: file://$IDENTITY_WASM
     trigger: on-read" "$WORK/space.mnt/id"
