@@ -239,6 +239,37 @@ impl LocalBackend {
     }
 }
 
+/// Reads exactly `len` bytes at `offset` into a new buffer without zero-filling it first
+/// (zeroing every object before the kernel overwrites it was 8% of a cold `get`'s samples).
+fn read_exact_uninit(f: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        // SAFETY: the kernel writes at most `len - done` bytes into the spare capacity, which
+        // is valid for writes; only bytes it reports written become part of the vector.
+        let n = unsafe {
+            libc::pread(
+                f.as_raw_fd(),
+                buf.as_mut_ptr().add(done) as *mut libc::c_void,
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            // SAFETY: the first `done + n` bytes have been written by pread.
+            n if n > 0 => unsafe { buf.set_len(done + n as usize) },
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
+}
+
 fn fsync_dir(p: &Path) -> io::Result<()> {
     File::open(p)?.sync_all()
 }
@@ -256,18 +287,17 @@ impl ChunkBackend for LocalBackend {
             return fs::read(self.object_path(id));
         };
         let f = self.reader(loc.pack)?;
-        let mut buf = vec![0u8; len as usize];
-        match f.read_exact_at(&mut buf, loc.offset) {
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(io::Error::new(
+        read_exact_uninit(&f, len as usize, loc.offset).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 format!(
                     "pack {} ends before the object at {}",
                     pack_name(loc.pack),
                     loc.offset
                 ),
-            )),
-            other => other.map(|_| buf),
-        }
+            ),
+            _ => e,
+        })
     }
 
     fn delete(&self, id: &ChunkId) -> io::Result<()> {
