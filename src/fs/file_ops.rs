@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::handles::{Eager, Handle, HandleKind, InodeState, OpenInode};
+use super::handles::{Eager, Handle, HandleKind, InodeState, OpenInode, PendingStore};
 use super::inode_table::{InoKind, classify};
 use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
@@ -93,52 +93,86 @@ impl SpaceFs {
         Ok(())
     }
 
-    /// Stores the leading chunks of a file being written front to back, so its overlay stays
-    /// small instead of spilling to a temporary file. Only for new content (the overlay's base
-    /// is empty, or is what an earlier call stored), without an on-write chain.
+    /// Starts storing the leading chunks of a file being written front to back, so its
+    /// overlay stays small instead of spilling to a temporary file: the buffered bytes past the
+    /// base are copied and handed to a background job, and the write returns while they are
+    /// encoded (the job is settled when the next batch is due, or by the commit). Only for new
+    /// content (the overlay's base is empty, or is what earlier jobs stored), without an
+    /// on-write chain.
     fn store_early(&self, st: &mut InodeState) -> crate::Result<()> {
+        self.settle_early(st);
         let buf = st.buf.as_ref().expect("called with a buffer");
         let from = buf.base_len();
-        let mut data = vec![0u8; (buf.size() - from) as usize];
+        if !buf.is_append_only()
+            || from != st.eager.as_ref().map_or(0, |e| e.len)
+            || buf.size() == from
+        {
+            return Ok(());
+        }
+        let to = buf.size();
+        let mut data = vec![0u8; (to - from) as usize];
         let mut nobase = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
             Err(std::io::Error::other("append-only overlay read its base"))
         };
         buf.read(from, &mut data, &mut nobase)
             .map_err(|e| SpaceError::io("reading the write buffer", e))?;
-        let hold = match st.eager.take() {
-            Some(e) => e,
-            None => Eager {
+        if st.eager.is_none() {
+            st.eager = Some(Eager {
                 chunks: Vec::new(),
                 len: 0,
                 chunks_stored: 0,
                 chunks_reused: 0,
                 _hold: Box::new(self.space.hold_for_writing()?),
-            },
-        };
-        let mut eager = hold;
-        let stored = self.space.store_prefix(&st.node, &data);
-        let (content, report) = match stored {
-            Ok(r) => r,
-            Err(e) => {
-                if !eager.chunks.is_empty() {
-                    st.eager = Some(eager);
-                }
-                return Err(e);
-            }
-        };
-        eager.chunks.extend(content.chunks.into_iter().map(|mut c| {
-            c.extent.offset += from;
-            c
-        }));
-        eager.len = from + content.size;
-        eager.chunks_stored += report.chunks - report.reused_chunks;
-        eager.chunks_reused += report.reused_chunks;
-        st.buf
-            .as_mut()
-            .expect("called with a buffer")
-            .absorb(eager.len);
-        st.eager = Some(eager);
+            });
+        }
+        let space = Arc::clone(&self.space);
+        let node = st.node.clone();
+        let job = std::thread::Builder::new()
+            .name("space-early-store".into())
+            .spawn(move || space.store_prefix(&node, &data))
+            .map_err(|e| SpaceError::io("starting the early store", e))?;
+        st.pending = Some(PendingStore { job, from, to });
         Ok(())
+    }
+
+    /// Waits for the background store (if any) and moves what it stored from the buffer to
+    /// the eager chunks. Every change to the buffer other than an append, and every commit,
+    /// settles first, so the job's bytes are still exactly what it was given. A failed job is
+    /// not fatal: its bytes are still in the buffer (which may spill to a temporary file).
+    pub(crate) fn settle_early(&self, st: &mut InodeState) {
+        let Some(p) = st.pending.take() else { return };
+        let result = p.job.join().unwrap_or_else(|_| {
+            Err(SpaceError::io(
+                "early store",
+                std::io::Error::other("the background job panicked"),
+            ))
+        });
+        match result {
+            Ok((content, report)) => {
+                let eager = st.eager.as_mut().expect("a job runs with an Eager");
+                eager.chunks.extend(content.chunks.into_iter().map(|mut c| {
+                    c.extent.offset += p.from;
+                    c
+                }));
+                eager.len = p.from + content.size;
+                eager.chunks_stored += report.chunks - report.reused_chunks;
+                eager.chunks_reused += report.reused_chunks;
+                let len = eager.len;
+                st.buf
+                    .as_mut()
+                    .expect("a job runs with a buffer")
+                    .absorb(len);
+            }
+            Err(e) => {
+                log::warn!(
+                    "inode {}: storing written data early failed: {e}",
+                    st.node.ino
+                );
+                if st.eager.as_ref().is_some_and(|e| e.chunks.is_empty()) {
+                    st.eager = None;
+                }
+            }
+        }
     }
 
     pub(crate) fn name_of(&self, node: &Node) -> String {
@@ -418,13 +452,15 @@ impl SpaceFs {
         self.ensure_buffer(&mut st)?;
         let st = &mut *st;
         let buf = st.buf.as_ref().expect("ensured above");
+        let append = offset == buf.size() && buf.is_append_only();
+        // Bytes not yet handed to a background store.
+        let unstored = buf.size() - st.pending.as_ref().map_or(buf.base_len(), |p| p.to);
+        let half = early_store_threshold(self.opts.write_mem_limit) as u64 / 2;
         let early = !st.on_write
-            && offset == buf.size()
-            && buf.is_append_only()
+            && append
             && buf.base_len() == st.eager.as_ref().map_or(0, |e| e.len)
-            && buf.would_spill(offset, data.len())
-            && buf.size() - buf.base_len()
-                >= early_store_threshold(self.opts.write_mem_limit) as u64 / 2;
+            && buf.size() - buf.base_len() >= half
+            && (unstored >= half || buf.would_spill(offset, data.len()));
         if early {
             if let Err(e) = self.store_early(st) {
                 // Not fatal: the overlay spills to a temporary file as usual.
@@ -433,6 +469,9 @@ impl SpaceFs {
                     inode.ino
                 );
             }
+        } else if !append {
+            // Anything but an append may touch bytes a background store is encoding.
+            self.settle_early(st);
         }
         let buf = st.buf.as_mut().expect("ensured above");
         let spilled = buf.spilled();
@@ -454,6 +493,7 @@ impl SpaceFs {
     /// Commits the inode's pending changes, if any. Returns after the metadata transaction.
     pub fn commit(&self, inode: &OpenInode) -> FsResult<()> {
         let mut st = lock(&inode.state);
+        self.settle_early(&mut st);
         if !st.dirty {
             return Ok(());
         }
@@ -591,6 +631,7 @@ impl SpaceFs {
         let chains = self.chains(&node);
         let apply = |inode: &OpenInode| -> FsResult<()> {
             let mut st = lock(&inode.state);
+            self.settle_early(&mut st);
             if st.on_write && st.buf.is_none() && size == 0 {
                 st.buf = Some(WriteBuffer::new(
                     0,

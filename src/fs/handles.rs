@@ -40,6 +40,20 @@ pub(crate) struct InodeState {
     /// Leading chunks of new content stored ahead of the commit (a large file written front to
     /// back): they are the write buffer's base instead of the committed version.
     pub eager: Option<Eager>,
+    /// Leading chunks being stored on a background thread, so the next writes are accepted
+    /// while they are encoded; their bytes stay in the buffer until the job is settled.
+    pub pending: Option<PendingStore>,
+}
+
+/// A background `store_prefix` over `[from, to)` of the buffer.
+pub(crate) struct PendingStore {
+    pub job: std::thread::JoinHandle<
+        crate::Result<(crate::store::meta::Content, crate::pipeline::WriteReport)>,
+    >,
+    /// The buffer's base when the job started (its first byte).
+    pub from: u64,
+    /// End of the bytes handed to it.
+    pub to: u64,
 }
 
 /// Chunks stored before the commit, covering `[0, len)` of the new content.
@@ -67,6 +81,7 @@ impl OpenInode {
                 handles: 0,
                 orphan: false,
                 eager: None,
+                pending: None,
             }),
         }
     }
