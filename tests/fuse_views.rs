@@ -249,6 +249,14 @@ fn size_preserving_chunk_local_views_place_reads_without_the_prefix() {
             )),
         );
     }
+    put_with_policy(
+        &s,
+        "/fueled",
+        &data,
+        Some(
+            "transform:\n  - name: t\n    image: capsule://wasm/uppercase.wasm\n    resources:\n      fuel_limit: 100000000\n",
+        ),
+    );
     let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
         return;
     };
@@ -271,6 +279,16 @@ fn size_preserving_chunk_local_views_place_reads_without_the_prefix() {
     );
     drop(f);
     assert_eq!(std::fs::read(m.join("f")).unwrap(), upper);
+    assert_eq!(
+        stat_value(&m, "wasm_fuel_used"),
+        0,
+        "no module so far has a fuel limit"
+    );
+    assert_eq!(std::fs::read(m.join("fueled")).unwrap(), upper);
+    assert!(
+        stat_value(&m, "wasm_fuel_used") > 800_000,
+        "a metered module was run"
+    );
     let e = std::fs::read(m.join("liar")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     assert!(d.unmount().success());

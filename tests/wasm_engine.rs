@@ -343,3 +343,28 @@ fn load_error_types_are_specific() {
         "{e}"
     );
 }
+
+/// Fuel used is reported per chain (what `/.space/stats` adds up), growing with the work done,
+/// and is 0 for modules that run without a fuel limit.
+#[test]
+fn fuel_used_is_counted_per_chain() {
+    let src = source();
+    let u = src.put("up.wasm", bin(&upper()));
+    let rt = runtime(src);
+    let mut fueled = spec("up", &u);
+    fueled.resources.fuel_limit = Some(50_000_000);
+    let mut t = rt.open_chain(std::slice::from_ref(&fueled)).unwrap();
+    let mut out = Vec::new();
+    t.process(&[b'a'; 1000], &mut out).unwrap();
+    let small = t.fuel_used();
+    assert!(small > 0, "fuel used after 1000 bytes: {small}");
+    t.process(&[b'b'; 100_000], &mut out).unwrap();
+    t.finish(&mut out).unwrap();
+    let big = t.fuel_used();
+    assert!(big > small * 10, "{small} then {big}");
+    assert_eq!(out.len(), 101_000);
+
+    let mut t = rt.open_chain(&[spec("up", &u)]).unwrap();
+    t.process(&[b'a'; 1000], &mut out).unwrap();
+    assert_eq!(t.fuel_used(), 0, "epoch-only modules use no fuel");
+}

@@ -25,6 +25,8 @@ pub struct Stats {
     pub transform_traps: AtomicU64,
     pub transform_timeouts: AtomicU64,
     pub transform_fuel_exhausted: AtomicU64,
+    /// Fuel consumed by modules that run with a fuel limit.
+    pub transform_fuel_used: AtomicU64,
     pub spills: AtomicU64,
 }
 
@@ -118,6 +120,7 @@ impl Stats {
             "wasm_fuel_exhausted",
             g(&self.transform_fuel_exhausted).to_string(),
         );
+        line("wasm_fuel_used", g(&self.transform_fuel_used).to_string());
         s
     }
 }
@@ -137,6 +140,7 @@ impl TransformFactory for CountingFactory {
             Ok(inner) => Ok(Box::new(CountingChain {
                 inner,
                 stats: Arc::clone(&self.stats),
+                fuel_counted: 0,
             })),
             Err(e) => {
                 self.stats.transform_failed(&e);
@@ -156,11 +160,19 @@ impl TransformFactory for CountingFactory {
 struct CountingChain {
     inner: Box<dyn ChunkTransform>,
     stats: Arc<Stats>,
+    /// Fuel already added to the stats.
+    fuel_counted: u64,
 }
 
 impl CountingChain {
-    fn count<T>(&self, r: Result<T, TransformError>) -> Result<T, TransformError> {
+    fn count<T>(&mut self, r: Result<T, TransformError>) -> Result<T, TransformError> {
         add(&self.stats.transform_calls, 1);
+        let fuel = self.inner.fuel_used();
+        add(
+            &self.stats.transform_fuel_used,
+            fuel.saturating_sub(self.fuel_counted),
+        );
+        self.fuel_counted = fuel;
         if let Err(e) = &r {
             self.stats.transform_failed(e);
         }
@@ -177,5 +189,9 @@ impl ChunkTransform for CountingChain {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TransformError> {
         let r = self.inner.finish(out);
         self.count(r)
+    }
+
+    fn fuel_used(&self) -> u64 {
+        self.inner.fuel_used()
     }
 }

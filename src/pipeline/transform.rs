@@ -11,6 +11,10 @@ pub trait ChunkTransform: Send {
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TransformError>;
     /// End of stream: append any buffered tail to `out`. Called exactly once.
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), TransformError>;
+    /// Fuel consumed so far by every module of the chain that runs with a fuel limit.
+    fn fuel_used(&self) -> u64 {
+        0
+    }
 }
 
 /// A transform failed.

@@ -203,6 +203,10 @@ pub struct GuestInstance {
     last_error: Option<TypedFunc<(), i64>>,
     finish: Option<TypedFunc<(), i64>>,
     limits: CallLimits,
+    /// Fuel consumed by calls before the current one (fueled instances only).
+    fuel_used: u64,
+    /// Fuel has been set for a call whose consumption is not yet in `fuel_used`.
+    fuel_armed: bool,
 }
 
 fn split(r: i64) -> (u32, u32) {
@@ -295,7 +299,21 @@ impl GuestInstance {
             last_error,
             finish,
             limits,
+            fuel_used: 0,
+            fuel_armed: false,
         })
+    }
+
+    /// Fuel this instance's calls have consumed so far (0 without a fuel limit).
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used + self.current_call_fuel()
+    }
+
+    fn current_call_fuel(&self) -> u64 {
+        match (self.limits.fuel, self.fuel_armed) {
+            (Some(f), true) => f.saturating_sub(self.store.get_fuel().unwrap_or(f)),
+            _ => 0,
+        }
     }
 
     /// Reset the per-call budgets: fuel and deadline apply to each guest call separately, so
@@ -303,8 +321,10 @@ impl GuestInstance {
     fn arm(&mut self) {
         self.store.set_epoch_deadline(self.limits.deadline_ticks);
         if let Some(f) = self.limits.fuel {
+            self.fuel_used += self.current_call_fuel();
             // Cannot fail: fuel is only set on stores of the fueled engine.
             let _ = self.store.set_fuel(f);
+            self.fuel_armed = true;
         }
     }
 

@@ -109,6 +109,10 @@ fn push(stages: &mut [Stage], input: &[u8], out: &mut Vec<u8>) -> Result<(), Tra
 }
 
 impl ChunkTransform for Chain {
+    fn fuel_used(&self) -> u64 {
+        self.stages.iter().map(|s| s.instance.fuel_used()).sum()
+    }
+
     /// Empty input is a no-op (the guest is not called).
     fn process(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), TransformError> {
         self.check_open()?;
