@@ -110,7 +110,9 @@ impl SpaceFs {
             return Ok(());
         }
         let to = buf.size();
-        let mut data = vec![0u8; (to - from) as usize];
+        let mut data = std::mem::take(&mut st.spare_batch);
+        data.clear();
+        data.resize((to - from) as usize, 0);
         let mut nobase = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
             Err(std::io::Error::other("append-only overlay read its base"))
         };
@@ -129,7 +131,10 @@ impl SpaceFs {
         let node = st.node.clone();
         let job = std::thread::Builder::new()
             .name("space-early-store".into())
-            .spawn(move || space.store_prefix(&node, &data))
+            .spawn(move || {
+                let r = space.store_prefix(&node, &data);
+                (r, data)
+            })
             .map_err(|e| SpaceError::io("starting the early store", e))?;
         st.pending = Some(PendingStore { job, from, to });
         Ok(())
@@ -141,12 +146,16 @@ impl SpaceFs {
     /// not fatal: its bytes are still in the buffer (which may spill to a temporary file).
     pub(crate) fn settle_early(&self, st: &mut InodeState) {
         let Some(p) = st.pending.take() else { return };
-        let result = p.job.join().unwrap_or_else(|_| {
-            Err(SpaceError::io(
+        let result = match p.job.join() {
+            Ok((r, batch)) => {
+                st.spare_batch = batch;
+                r
+            }
+            Err(_) => Err(SpaceError::io(
                 "early store",
                 std::io::Error::other("the background job panicked"),
-            ))
-        });
+            )),
+        };
         match result {
             Ok((content, report)) => {
                 let eager = st.eager.as_mut().expect("a job runs with an Eager");
@@ -570,6 +579,7 @@ impl SpaceFs {
         if !st.on_write {
             st.buf = None;
         }
+        st.spare_batch = Vec::new();
         Ok(())
     }
 
