@@ -48,13 +48,14 @@ pub(crate) struct InodeState {
     pub spare_batch: Vec<u8>,
 }
 
+/// What `Space::store_prefix` returns: the chunks stored and the write report.
+pub(crate) type StoredPrefix =
+    crate::Result<(crate::store::meta::Content, crate::pipeline::WriteReport)>;
+
 /// A background `store_prefix` over `[from, to)` of the buffer.
 pub(crate) struct PendingStore {
     /// Returns the store's result and the batch buffer (for reuse).
-    pub job: std::thread::JoinHandle<(
-        crate::Result<(crate::store::meta::Content, crate::pipeline::WriteReport)>,
-        Vec<u8>,
-    )>,
+    pub job: std::thread::JoinHandle<(StoredPrefix, Vec<u8>)>,
     /// The buffer's base when the job started (its first byte).
     pub from: u64,
     /// End of the bytes handed to it.
