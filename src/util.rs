@@ -42,3 +42,26 @@ pub fn bound_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
+
+/// UTC time as `YYYY-MM-DD<sep>HH:MM:SS` (Howard Hinnant's civil-from-days; no time-zone
+/// database needed).
+pub fn utc_string(t: crate::store::meta::TimeNs, sep: char) -> String {
+    let secs = t.div_euclid(1_000_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}{sep}{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

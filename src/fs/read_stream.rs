@@ -163,11 +163,17 @@ impl ChainStream {
         let fed = at + out.len() as u64;
         self.fixed_mut().fed = fed;
         if fed == total {
-            if let Some(w) = self.writer.take() {
-                match w.finish() {
-                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
-                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
-                }
+            self.finish_writer();
+        }
+    }
+
+    /// The whole output went to the cache writer: commit the entry (a failure only means the
+    /// view stays uncached).
+    fn finish_writer(&mut self) {
+        if let Some(w) = self.writer.take() {
+            match w.finish() {
+                Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
+                Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
             }
         }
     }
@@ -233,12 +239,7 @@ impl ChainStream {
             w.push(&self.out[before..]);
         }
         if self.finished {
-            if let Some(w) = self.writer.take() {
-                match w.finish() {
-                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
-                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
-                }
-            }
+            self.finish_writer();
         }
         Ok(())
     }
@@ -288,12 +289,7 @@ impl ChainStream {
             .unwrap_or((0, 0));
         let Some(ext) = self.reader.chunk_at(src_end)? else {
             self.local.as_mut().expect("chunk-local stream").complete = true;
-            if let Some(w) = self.writer.take() {
-                match w.finish() {
-                    Ok(e) => log::debug!("{}: view cached ({} bytes)", self.name, e.size),
-                    Err(e) => log::warn!("{}: view output not cached: {e}", self.name),
-                }
-            }
+            self.finish_writer();
             return Ok(false);
         };
         let out = self.compute_chunk(ext)?;

@@ -243,13 +243,7 @@ impl SpaceFs {
                 keep_cache: false,
             });
         }
-        let writer = match self.space.begin_derived(node, &d) {
-            Ok(w) => w,
-            Err(e) => {
-                log::warn!("{name}: output will not be cached: {e}");
-                None
-            }
-        };
+        let writer = self.space.begin_derived(&d);
         let space = Arc::clone(&self.space);
         let what = name.clone();
         let chain = d.chain;

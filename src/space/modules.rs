@@ -128,32 +128,33 @@ impl LazyRuntime {
     }
 }
 
+impl LazyRuntime {
+    /// The runtime, or why it could not be built, blamed on the chain's first transform.
+    fn runtime_for(
+        &self,
+        specs: &[TransformSpec],
+    ) -> Result<&Arc<TransformRuntime>, TransformError> {
+        self.get().map_err(|e| TransformError {
+            transform: specs
+                .first()
+                .map(|s| s.name.to_string())
+                .unwrap_or_default(),
+            chunk: 0,
+            cause: TransformFailure::Load(ModuleLoadError::Engine(e)),
+        })
+    }
+}
+
 impl TransformFactory for LazyRuntime {
     fn open_chain(
         &self,
         specs: &[TransformSpec],
     ) -> Result<Box<dyn ChunkTransform>, TransformError> {
-        let rt = self.get().map_err(|e| TransformError {
-            transform: specs
-                .first()
-                .map(|s| s.name.to_string())
-                .unwrap_or_default(),
-            chunk: 0,
-            cause: TransformFailure::Load(ModuleLoadError::Engine(e)),
-        })?;
-        rt.open_chain(specs)
+        self.runtime_for(specs)?.open_chain(specs)
     }
 
     fn identify(&self, specs: &[TransformSpec]) -> Result<Vec<ModuleIdentity>, TransformError> {
-        let rt = self.get().map_err(|e| TransformError {
-            transform: specs
-                .first()
-                .map(|s| s.name.to_string())
-                .unwrap_or_default(),
-            chunk: 0,
-            cause: TransformFailure::Load(ModuleLoadError::Engine(e)),
-        })?;
-        rt.identify(specs)
+        self.runtime_for(specs)?.identify(specs)
     }
 }
 

@@ -69,13 +69,25 @@ pub struct ModuleProvenance {
 pub struct Derivation {
     pub key: [u8; 32],
     pub chain: Vec<TransformSpec>,
-    pub provenance: String,
+    /// Recorded with the cache entry (its `produced` time is set when the entry is written).
+    pub provenance: Provenance,
     /// The capsule's policy allows caching and the store has a budget.
     pub cacheable: bool,
     /// Every transform declares `chunk_local`: the chain runs once per stored chunk.
     pub chunk_local: bool,
     /// Every transform declares `preserves_size`: the view is as long as the capsule.
     pub preserves_size: bool,
+    /// How the cached output is encoded (the capsule's policy, compressed at zstd <= 1).
+    pub settings: EncodeSettings,
+}
+
+/// A cache entry is re-creatable: zstd's fastest regular level keeps the writer from competing
+/// with the chain the reader is waiting for (levels above 1 cost 2-3x the CPU on text for a
+/// few percent of size).
+fn cache_entry_settings(policy: &Policy) -> EncodeSettings {
+    let mut fast = policy.clone();
+    fast.compression.level = crate::policy::ZstdLevel(policy.compression.level.0.min(1));
+    EncodeSettings::from(&fast)
 }
 
 /// Counters of this process's use of the derived-output cache (for `/.space/stats`).
@@ -100,31 +112,22 @@ pub(super) fn new_source_memo() -> SourceMemo {
 }
 
 fn rfc3339_now() -> String {
-    let secs = now_ns().div_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format!("{}Z", crate::util::utc_string(now_ns(), 'T'))
 }
 
 impl Space {
     /// The chain of `view` (None = the default view, i.e. the on-read chain) for `node`.
     pub fn view_chain(&self, node: &Node, view: Option<&str>) -> Result<Vec<TransformSpec>> {
-        let policy = self.policy_of(node)?;
+        self.chain_in(node, &self.policy_of(node)?, view)
+    }
+
+    /// [`Space::view_chain`] for a policy already parsed.
+    fn chain_in(
+        &self,
+        node: &Node,
+        policy: &Policy,
+        view: Option<&str>,
+    ) -> Result<Vec<TransformSpec>> {
         policy.view_chain(view).ok_or_else(|| {
             let names: Vec<&str> = policy.views.keys().map(|k| &**k).collect();
             SpaceError::NotFound(format!(
@@ -232,7 +235,7 @@ impl Space {
             )));
         }
         let policy = self.policy_of(node)?;
-        let chain = self.view_chain(node, view)?;
+        let chain = self.chain_in(node, &policy, view)?;
         if chain.is_empty() {
             return Ok(None);
         }
@@ -259,10 +262,11 @@ impl Space {
         Ok(Some(Derivation {
             key: h.finalize().into(),
             chain,
-            provenance: serde_yaml::to_string(&prov).expect("provenance serializes"),
+            provenance: prov,
             cacheable: policy.cache && self.store.config.derived_cache_bytes > 0,
             chunk_local,
             preserves_size,
+            settings: cache_entry_settings(&policy),
         }))
     }
 
@@ -305,17 +309,9 @@ impl Space {
     }
 
     /// Starts storing a view's output as it is produced; `None` when it is not to be cached.
-    pub fn begin_derived(&self, node: &Node, d: &Derivation) -> Result<Option<DerivedWriter>> {
-        if !d.cacheable {
-            return Ok(None);
-        }
-        let policy = self.policy_of(node)?;
-        Ok(Some(DerivedWriter::start(
-            Arc::clone(&self.store),
-            Arc::clone(&self.derived),
-            d,
-            &policy,
-        )))
+    pub fn begin_derived(&self, d: &Derivation) -> Option<DerivedWriter> {
+        d.cacheable
+            .then(|| DerivedWriter::start(Arc::clone(&self.store), Arc::clone(&self.derived), d))
     }
 
     /// Streams `view` of `node` to `out`: from the cache when materialized, else through the
@@ -348,7 +344,7 @@ impl Space {
             )?;
             return Ok(written);
         }
-        let mut writer = self.begin_derived(node, &d)?;
+        let mut writer = self.begin_derived(&d);
         let mut t = self.open_chain(&d.chain, &what)?;
         let fail =
             |e: crate::pipeline::TransformError| SpaceError::Transform(format!("{what}: {e}"));
@@ -523,19 +519,9 @@ pub struct DerivedWriter {
 }
 
 impl DerivedWriter {
-    fn start(
-        store: Arc<Store>,
-        counters: Arc<DerivedCounters>,
-        d: &Derivation,
-        policy: &Policy,
-    ) -> DerivedWriter {
+    fn start(store: Arc<Store>, counters: Arc<DerivedCounters>, d: &Derivation) -> DerivedWriter {
         let (tx, rx) = sync_channel::<Piece>(WRITER_QUEUE);
-        // A cache entry is re-creatable: zstd's fastest regular level keeps the writer from
-        // competing with the chain the reader is waiting for (levels above 1 cost 2-3x the CPU
-        // on text for a few percent of size).
-        let mut fast = policy.clone();
-        fast.compression.level = crate::policy::ZstdLevel(policy.compression.level.0.min(1));
-        let settings = EncodeSettings::from(&fast);
+        let settings = d.settings;
         let worker_store = Arc::clone(&store);
         let worker = std::thread::Builder::new()
             .name("space-derive".into())
@@ -563,7 +549,12 @@ impl DerivedWriter {
             store,
             counters,
             key: d.key,
-            provenance: d.provenance.clone(),
+            // Serialized here, not per derivation: `stat` of a view resolves one every time.
+            provenance: serde_yaml::to_string(&Provenance {
+                produced: rfc3339_now(),
+                ..d.provenance.clone()
+            })
+            .expect("provenance serializes"),
         }
     }
 
