@@ -49,14 +49,17 @@ fn main() {
         "{:<28} {:>10} {:>12} {:>12}",
         "case", "piece", "MB/s", "vs native"
     );
-    let native_copy = best(3, || {
+    // The native baselines, as functions so that each guest measurement can be paired with a
+    // baseline measured right next to it (this VM's memory bandwidth drifts by +-15% within a
+    // minute; a ratio of two measurements taken seconds apart measured the drift).
+    fn native_copy(input: &[u8], out: &mut Vec<u8>) {
         out.clear();
         for p in input.chunks(1 << 20) {
             out.extend_from_slice(black_box(p));
         }
         black_box(&out);
-    });
-    let native_upper = best(3, || {
+    }
+    fn native_upper(input: &[u8], out: &mut Vec<u8>) {
         out.clear();
         for p in input.chunks(1 << 20) {
             let s = out.len();
@@ -64,26 +67,27 @@ fn main() {
             out[s..].make_ascii_uppercase();
         }
         black_box(&out);
-    });
+    }
+    type Native = fn(&[u8], &mut Vec<u8>);
     println!(
         "{:<28} {:>10} {:>12.0} {:>12}",
         "native memcpy",
         "1 MiB",
-        mbps(STREAM, native_copy),
+        mbps(STREAM, best(3, || native_copy(&input, &mut out))),
         "1.00"
     );
     println!(
         "{:<28} {:>10} {:>12.0} {:>12}",
         "native copy+uppercase",
         "1 MiB",
-        mbps(STREAM, native_upper),
+        mbps(STREAM, best(3, || native_upper(&input, &mut out))),
         "1.00"
     );
 
     // The Rust SDK guests (built with +simd128 by scripts/build-guests.sh) when present, plus
     // hand-written WAT guests as a floor.
     let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/guests/dist");
-    let mut cases: Vec<(&str, String, Duration)> = Vec::new();
+    let mut cases: Vec<(&str, String, Native)> = Vec::new();
     if let (Ok(id), Ok(up)) = (
         std::fs::read(dist.join("identity.wasm")),
         std::fs::read(dist.join("uppercase.wasm")),
@@ -104,7 +108,9 @@ fn main() {
     cases.push(("WAT identity", id_img.clone(), native_copy));
     cases.push(("WAT uppercase (v128)", up_img.clone(), native_upper));
     println!(
-        "(ratio = throughput / native throughput; pieces above 1 MiB are re-split to P <= 1 MiB)"
+        "(ratio = median over rounds of native time / guest time, each round timing the native \
+         baseline and the guest back to back; MB/s = the guest's best round; pieces above 1 MiB \
+         are re-split to P <= 1 MiB)"
     );
     // WASM_BENCH_ONLY=<substring> limits the throughput table to matching cases (profiling).
     let only = std::env::var("WASM_BENCH_ONLY").ok();
@@ -121,22 +127,38 @@ fn main() {
             Some(k) => vec![k << 10],
             None => vec![64 << 10, 1 << 20, 4 << 20],
         };
+        // WASM_BENCH_ROUNDS=<n>: paired rounds per row (default 7; more for profiling).
+        let rounds = std::env::var("WASM_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse::<usize>().ok())
+            .unwrap_or(7)
+            .max(1);
         for piece in pieces {
-            let d = best(3, || {
-                out.clear();
-                let mut t = rt.open_prepared(std::slice::from_ref(&prepared)).unwrap();
-                for p in input.chunks(piece) {
-                    t.process(p, &mut out).unwrap();
-                }
-                t.finish(&mut out).unwrap();
-            });
-            assert_eq!(out.len(), STREAM);
+            let mut ratios = Vec::with_capacity(rounds);
+            let mut fastest = Duration::MAX;
+            for _ in 0..rounds {
+                let n = best(1, || native(&input, &mut out));
+                let d = best(1, || {
+                    out.clear();
+                    let mut t = rt.open_prepared(std::slice::from_ref(&prepared)).unwrap();
+                    for p in input.chunks(piece) {
+                        t.process(p, &mut out).unwrap();
+                    }
+                    t.finish(&mut out).unwrap();
+                });
+                assert_eq!(out.len(), STREAM);
+                ratios.push(n.as_secs_f64() / d.as_secs_f64());
+                fastest = fastest.min(d);
+            }
+            ratios.sort_by(f64::total_cmp);
             println!(
-                "{:<28} {:>10} {:>12.0} {:>11.2}x",
+                "{:<28} {:>10} {:>12.0} {:>11.2}x   (rounds {:.2}..{:.2})",
                 label,
                 format!("{} KiB", piece >> 10),
-                mbps(STREAM, d),
-                native.as_secs_f64() / d.as_secs_f64()
+                mbps(STREAM, fastest),
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1],
             );
         }
     }

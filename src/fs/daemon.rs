@@ -90,6 +90,8 @@ pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
 pub fn fs_options(opts: &MountOptions) -> FsOptions {
     let mut f = FsOptions {
         read_only: opts.read_only,
+        // `-o sync` (a kernel flag for other filesystems) also makes every commit durable.
+        durable_commits: opts.kernel_flags.iter().any(|k| k == "sync"),
         ..Default::default()
     };
     if let Some(t) = opts.attr_timeout {
@@ -260,10 +262,12 @@ fn run(line: CmdLine) -> Result<(), String> {
         }
     };
     let result = (|| {
+        // Before any thread starts (the store's and the filesystem's own), so that only the
+        // signal thread ever receives termination signals.
+        let set = block_signals();
         let space = open_space(&line)?;
         let fs =
             Arc::new(SpaceFs::new(space, fs_options(&line.options)).map_err(|e| e.to_string())?);
-        let set = block_signals();
         let config = fuser_config(&line.store, &line.options);
         let mut session = fuser::Session::new(
             FuseAdapter {

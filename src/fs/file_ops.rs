@@ -603,8 +603,10 @@ impl SpaceFs {
         }
     }
 
+    /// fsync(2): commits, then makes the commit (and every earlier one) durable.
     pub fn fsync(&self, fh: u64) -> FsResult<()> {
-        self.flush(fh)
+        self.flush(fh)?;
+        self.sync_metadata()
     }
 
     /// Last close of a handle: commits what is left and forgets the handle.

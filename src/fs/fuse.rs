@@ -479,6 +479,24 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// No file here is a device: every ioctl gets ENOTTY, as on a local filesystem (fuser's
+    /// default answers ENOSYS and logs a warning, and Python's `open()` asks `isatty` on every
+    /// file it opens).
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     fn fsyncdir(
         &self,
         _req: &Request,
@@ -487,8 +505,11 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Every namespace change is its own durable metadata transaction already.
-        reply.ok();
+        // Namespace changes are atomic metadata commits; this makes them durable.
+        match self.fs.sync_metadata() {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

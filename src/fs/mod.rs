@@ -123,7 +123,16 @@ pub struct FsOptions {
     pub write_mem_limit: usize,
     /// Where spilled write buffers go (unnamed files; default: the store directory).
     pub spill_dir: Option<PathBuf>,
+    /// Every metadata commit (close, create, rename, ...) is durable before it returns, as on
+    /// a filesystem mounted `-o sync`. Without it a commit survives a crash of the daemon at
+    /// once and power loss after the next `fsync`/`fsyncdir`, the unmount, or at most
+    /// [`SYNC_INTERVAL`] later; chunk objects are always durable before the commit that
+    /// references them.
+    pub durable_commits: bool,
 }
+
+/// How often a mount without `durable_commits` makes its recent commits durable.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for FsOptions {
     fn default() -> Self {
@@ -132,6 +141,7 @@ impl Default for FsOptions {
             ttl: Duration::from_secs(1),
             write_mem_limit: 16 << 20,
             spill_dir: None,
+            durable_commits: false,
         }
     }
 }
@@ -183,6 +193,10 @@ impl SpaceFs {
             .spill_dir
             .clone()
             .unwrap_or_else(|| space.store.dir.clone());
+        if !opts.durable_commits && !opts.read_only {
+            space.store.meta.set_durable_commits(false)?;
+            spawn_syncer(Arc::downgrade(&space.store.meta));
+        }
         Ok(SpaceFs {
             space: Arc::new(space),
             opts,
@@ -233,7 +247,8 @@ impl SpaceFs {
         }
     }
 
-    /// Commits every pending write (on unmount and on SIGTERM/SIGINT).
+    /// Commits every pending write and makes every commit durable (on unmount and on
+    /// SIGTERM/SIGINT).
     pub fn commit_all(&self) {
         let inodes: Vec<Arc<OpenInode>> = lock(&self.open).values().cloned().collect();
         for i in inodes {
@@ -244,6 +259,35 @@ impl SpaceFs {
                 );
             }
         }
+        if let Err(e) = self.space.store.meta.sync() {
+            log::error!("making the metadata durable failed: {e}");
+        }
+    }
+
+    /// Makes every commit so far durable (fsync, fsyncdir).
+    pub fn sync_metadata(&self) -> FsResult<()> {
+        self.space.store.meta.sync().map_err(|e| {
+            log::error!("making the metadata durable failed: {e}");
+            libc::EIO
+        })
+    }
+}
+
+/// Makes relaxed commits durable every [`SYNC_INTERVAL`] until the store is dropped.
+fn spawn_syncer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
+    let spawned = std::thread::Builder::new()
+        .name("spacefs-sync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(SYNC_INTERVAL);
+                let Some(meta) = meta.upgrade() else { return };
+                if let Err(e) = meta.sync() {
+                    log::error!("periodic metadata sync failed: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the metadata sync thread: {e}; syncing on fsync only");
     }
 }
 

@@ -16,7 +16,9 @@ unless -f. Unmount with `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, or SIG
   -o OPTIONS    comma-separated mount options:
        allow_other, allow_root     let other users (or root) use the mount
        default_permissions         (always on: the kernel checks mode bits)
-       ro, rw, nosuid, nodev, noexec, suid, dev, exec, noatime, atime, sync, async, dirsync
+       ro, rw, nosuid, nodev, noexec, suid, dev, exec, noatime, atime, async, dirsync
+       sync                        every commit durable before close()/create/rename return
+                                   (default: durable at fsync, unmount, or within 5 s)
        passphrase_file=FILE        passphrase of a protected key (else SPACE_PASSPHRASE)
        key_file=FILE               key file instead of the store's own
        attr_timeout=SECONDS        how long the kernel caches attributes (default 1)

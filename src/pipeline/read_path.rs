@@ -16,7 +16,7 @@ use lru::LruCache;
 
 use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec;
-use crate::store::meta::{Extent, Ino, Node};
+use crate::store::meta::{ChunkLocation, Extent, Ino, Node};
 use crate::store::{ChunkId, Store};
 
 /// Decoded chunks shared by all readers, bounded by bytes (not entries).
@@ -263,10 +263,7 @@ pub fn load_chunk_at(
     known: Option<(crate::store::PackLoc, u32)>,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    let fetch = || -> std::io::Result<Vec<u8>> {
-        if let Some((loc, len)) = known {
-            return store.chunks.get(id, Some(loc), len);
-        }
+    let lookup = || -> std::io::Result<Vec<u8>> {
         let located = store
             .meta
             .chunk_location(id)
@@ -277,10 +274,14 @@ pub fn load_chunk_at(
             None => store.chunks.get(id, None, 0),
         }
     };
-    // A concurrent gc may have moved the object (repacked) between lookup and read: the
-    // second lookup finds its new place.
-    let object = fetch().or_else(|e| match e.kind() {
-        std::io::ErrorKind::NotFound if known.is_none() => fetch(),
+    // A concurrent gc may have moved the object (repacked) since its location was read (by
+    // the caller or by the first lookup): a fresh lookup finds its new place.
+    let first = match known {
+        Some((loc, len)) => store.chunks.get(id, Some(loc), len),
+        None => lookup(),
+    };
+    let object = first.or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => lookup(),
         _ => Err(e),
     });
     let object = object.map_err(|e| {
@@ -494,7 +495,7 @@ pub fn stream_extents(
         .unwrap_or(2)
         .clamp(2, 8);
     let depth = n_workers * 2;
-    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Extent)>(depth);
+    let (job_tx, job_rx) = mpsc::sync_channel::<(u64, Extent, Option<ChunkLocation>)>(depth);
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::sync_channel::<(u64, Result<Vec<u8>>)>(depth);
     std::thread::scope(|scope| {
@@ -504,10 +505,13 @@ pub fn stream_extents(
             scope.spawn(move || {
                 loop {
                     let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((seq, e)) = job else { return };
-                    let r = load_chunk(store, &e.chunk, &|| {
-                        format!("{name}, chunk {seq} at offset {}", e.offset)
-                    });
+                    let Ok((seq, e, located)) = job else { return };
+                    let context = || format!("{name}, chunk {seq} at offset {}", e.offset);
+                    let known = match located {
+                        Some((Some(loc), len)) => Some((loc, len)),
+                        _ => None,
+                    };
+                    let r = load_chunk_at(store, &e.chunk, known, &context);
                     if done_tx.send((seq, r)).is_err() {
                         return;
                     }
@@ -522,16 +526,16 @@ pub fn stream_extents(
             let mut offset = 0u64;
             let mut seq = 0u64;
             while offset < size {
-                let window = store.meta.extents_from(ino, offset, WINDOW)?;
+                let window = store.meta.extents_located_from(ino, offset, WINDOW)?;
                 if window.is_empty() {
                     break;
                 }
-                for e in window {
+                for (e, located) in window {
                     if e.offset < offset {
                         continue;
                     }
                     offset = e.offset + e.len as u64;
-                    if job_tx.send((seq, e)).is_err() {
+                    if job_tx.send((seq, e, located)).is_err() {
                         return Ok(seq);
                     }
                     seq += 1;

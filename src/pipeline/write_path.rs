@@ -100,12 +100,16 @@ fn write_inline(
     let written = Mutex::new(HashSet::new());
     let mut results = BTreeMap::new();
     let mut seq = 0u64;
-    for c in chunker(data, chunking, store) {
-        let c = c.map_err(chunking_error)?;
+    // The slice chunker cuts exactly where the streaming one does, without the streaming
+    // one's zero-filled buffer of `max_size` bytes (most of a small file's commit).
+    let (min, avg, max) = cut_sizes(chunking);
+    let cuts =
+        fastcdc::v2020::FastCDC::with_level_and_seed(data, min, avg, max, LEVEL, seed(store));
+    for c in cuts {
         let job = Job {
             seq,
-            offset: c.offset,
-            data: c.data,
+            offset: c.offset as u64,
+            data: data[c.offset..c.offset + c.length].to_vec(),
         };
         results.insert(
             seq,
@@ -117,15 +121,26 @@ fn write_inline(
     finish(store, results, seq, data.len() as u64, true)
 }
 
-fn chunker<R: Read>(input: R, chunking: Chunking, store: &Store) -> fastcdc::v2020::StreamCDC<R> {
-    fastcdc::v2020::StreamCDC::with_level_and_seed(
-        input,
-        chunking.min_size.0 as u32,
-        chunking.avg_size.0 as u32,
-        chunking.max_size.0 as u32,
-        fastcdc::v2020::Normalization::Level1,
-        store.keys.chunker_seed,
+/// FastCDC normalization used by every chunker of the store (part of where cuts fall).
+const LEVEL: fastcdc::v2020::Normalization = fastcdc::v2020::Normalization::Level1;
+
+/// (min, avg, max) chunk sizes of a policy, as FastCDC takes them.
+fn cut_sizes(c: Chunking) -> (u32, u32, u32) {
+    (
+        c.min_size.0 as u32,
+        c.avg_size.0 as u32,
+        c.max_size.0 as u32,
     )
+}
+
+/// The store's secret gear-table seed (so cut points do not reveal content to outsiders).
+fn seed(store: &Store) -> u64 {
+    store.keys.chunker_seed
+}
+
+fn chunker<R: Read>(input: R, chunking: Chunking, store: &Store) -> fastcdc::v2020::StreamCDC<R> {
+    let (min, avg, max) = cut_sizes(chunking);
+    fastcdc::v2020::StreamCDC::with_level_and_seed(input, min, avg, max, LEVEL, seed(store))
 }
 
 fn chunking_error(e: fastcdc::v2020::Error) -> SpaceError {
@@ -365,4 +380,38 @@ fn store_chunk(
         },
         reused: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use fastcdc::v2020::{FastCDC, Normalization, StreamCDC};
+    use rand::{RngCore, SeedableRng};
+
+    /// `write_inline` cuts a slice with `FastCDC`, the streaming paths with `StreamCDC`; both
+    /// must cut at the same places or the same bytes would be stored as different chunks.
+    #[test]
+    fn slice_and_stream_chunkers_cut_alike() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (len, seed) in [(0usize, 0u64), (1000, 1), (300_000, 2), (3 << 20, 0x5eed)] {
+            let mut data = vec![0u8; len];
+            rng.fill_bytes(&mut data);
+            let (min, avg, max) = (64 << 10, 256 << 10, 1 << 20);
+            let slice: Vec<(u64, usize)> =
+                FastCDC::with_level_and_seed(&data, min, avg, max, Normalization::Level1, seed)
+                    .map(|c| (c.offset as u64, c.length))
+                    .collect();
+            let stream: Vec<(u64, usize)> = StreamCDC::with_level_and_seed(
+                &data[..],
+                min,
+                avg,
+                max,
+                Normalization::Level1,
+                seed,
+            )
+            .map(|c| c.map(|c| (c.offset, c.length)).unwrap())
+            .collect();
+            assert_eq!(slice, stream, "{len} bytes");
+            assert_eq!(slice.iter().map(|c| c.1).sum::<usize>(), len);
+        }
+    }
 }

@@ -109,6 +109,10 @@ pub struct Extent {
     pub chunk: ChunkId,
 }
 
+/// Where a chunk's object is: its pack location (None: a loose object, found by id) and its
+/// stored length.
+pub type ChunkLocation = (Option<super::PackLoc>, u32);
+
 /// A chunk referenced by new content, with its object's size (0 if it already existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContentChunk {
@@ -335,6 +339,15 @@ pub trait MetaStore: Send + Sync {
 
     /// Up to `limit` extents starting with the one containing `offset`, in order.
     fn extents_from(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<Extent>>;
+    /// [`MetaStore::extents_from`] with each chunk's object location and stored length, in one
+    /// query (a streaming reader would otherwise look every chunk up separately). `None` when
+    /// the chunk has no row (an object stored ahead of its commit).
+    fn extents_located_from(
+        &self,
+        ino: Ino,
+        offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(Extent, Option<ChunkLocation>)>>;
     fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
 
     fn get_xattr(&self, ino: Ino, name: &str) -> Result<Option<Vec<u8>>>;
@@ -379,6 +392,14 @@ pub trait MetaStore: Send + Sync {
     fn orphans(&self) -> Result<Vec<Ino>> {
         Ok(Vec::new())
     }
+
+    /// Whether each commit is durable (survives power loss) before it returns; the default.
+    /// With `false`, a commit is atomic and survives the process being killed at once, and
+    /// becomes durable at the next [`MetaStore::sync`] (a local filesystem's `close()` vs
+    /// `fsync()`). Objects a commit references are synced before it either way.
+    fn set_durable_commits(&self, durable: bool) -> Result<()>;
+    /// Makes every earlier commit durable (a no-op if each already was).
+    fn sync(&self) -> Result<()>;
 
     /// Distinct policy texts containing `needle` (e.g. every policy declaring views).
     fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;
