@@ -44,7 +44,10 @@ fn main() {
         .collect();
     let mut out = Vec::with_capacity(STREAM + 16);
 
-    println!("== throughput: {} MiB stream, best of 3 ==", STREAM >> 20);
+    println!(
+        "== throughput: {} MiB stream, paired rounds ==",
+        STREAM >> 20
+    );
     println!(
         "{:<28} {:>10} {:>12} {:>12}",
         "case", "piece", "MB/s", "vs native"
