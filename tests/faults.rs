@@ -18,10 +18,10 @@ fn stored_objects(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64, u32)> 
     rows.sort_by_key(|r| r.id);
     rows.iter()
         .map(|r| {
-            let (loc, len) = space.store.meta.chunk_location(&r.id).unwrap().unwrap();
-            let loc = loc.expect("format-2 stores pack their objects");
+            let located = space.store.meta.chunk_location(&r.id).unwrap().unwrap();
+            let loc = located.loc.expect("large puts pack their objects");
             let pack = dir.join("packs").join(format!("{:016x}.pack", loc.pack));
-            (pack, loc.offset, len)
+            (pack, loc.offset, located.stored_len)
         })
         .collect()
 }

@@ -14,7 +14,7 @@ use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
 use crate::pipeline::CapsuleReader;
 use crate::pipeline::read_path::load_chunk_at;
-use crate::store::meta::{Node, NodeKind, SetAttr};
+use crate::store::meta::{ChunkLocation, Node, NodeKind, SetAttr};
 
 /// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
@@ -74,13 +74,17 @@ impl SpaceFs {
                 )));
             };
             let ext = c.extent;
-            let known = c.loc.map(|l| (l, c.stored_len));
+            let known = c.loc.map(|l| ChunkLocation {
+                loc: Some(l),
+                stored_len: c.stored_len,
+                inline: None,
+            });
             let store = &self.space.store;
             let data = self
                 .space
                 .cache
                 .get_or_load(&ext.chunk, &|| {
-                    load_chunk_at(store, &ext.chunk, known, &|| {
+                    load_chunk_at(store, &ext.chunk, known.clone(), &|| {
                         format!("{name}, chunk at offset {} (not committed yet)", ext.offset)
                     })
                 })

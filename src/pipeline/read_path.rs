@@ -260,24 +260,34 @@ pub fn load_chunk(store: &Store, id: &ChunkId, context: &dyn Fn() -> String) -> 
 pub fn load_chunk_at(
     store: &Store,
     id: &ChunkId,
-    known: Option<(crate::store::PackLoc, u32)>,
+    known: Option<ChunkLocation>,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    let lookup = || -> std::io::Result<Vec<u8>> {
-        let located = store
-            .meta
-            .chunk_location(id)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let fetch = |located: Option<ChunkLocation>| -> std::io::Result<Vec<u8>> {
         match located {
-            Some((loc, len)) => store.chunks.get(id, loc, len),
+            Some(ChunkLocation {
+                inline: Some(object),
+                ..
+            }) => Ok(object),
+            Some(ChunkLocation {
+                loc, stored_len, ..
+            }) => store.chunks.get(id, loc, stored_len),
             // No row: a loose object stored ahead of its commit (format 1), or nothing.
             None => store.chunks.get(id, None, 0),
         }
     };
+    let lookup = || -> std::io::Result<Vec<u8>> {
+        fetch(
+            store
+                .meta
+                .chunk_location(id)
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
+        )
+    };
     // A concurrent gc may have moved the object (repacked) since its location was read (by
     // the caller or by the first lookup): a fresh lookup finds its new place.
     let first = match known {
-        Some((loc, len)) => store.chunks.get(id, Some(loc), len),
+        Some(located) => fetch(Some(located)),
         None => lookup(),
     };
     let object = first.or_else(|e| match e.kind() {
@@ -507,11 +517,7 @@ pub fn stream_extents(
                     let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((seq, e, located)) = job else { return };
                     let context = || format!("{name}, chunk {seq} at offset {}", e.offset);
-                    let known = match located {
-                        Some((Some(loc), len)) => Some((loc, len)),
-                        _ => None,
-                    };
-                    let r = load_chunk_at(store, &e.chunk, known, &context);
+                    let r = load_chunk_at(store, &e.chunk, located, &context);
                     if done_tx.send((seq, r)).is_err() {
                         return;
                     }

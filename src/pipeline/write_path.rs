@@ -41,7 +41,14 @@ struct Done {
     seq: u64,
     chunk: ContentChunk,
     reused: bool,
+    /// The object, when it is to be kept inline in the metadata instead of the backend.
+    inline: Option<Vec<u8>>,
 }
+
+/// Objects up to this size written by a small write (content of at most one average chunk)
+/// are kept inline in the metadata of a format-3 store (docs/FORMAT.md 4.5): committed with
+/// the content in one transaction, they need no fdatasync of their own.
+pub const INLINE_OBJECT_MAX: usize = 16 * 1024;
 
 fn workers() -> usize {
     std::thread::available_parallelism()
@@ -99,6 +106,11 @@ fn write_inline(
     let salt = chunk_codec::new_salt(settings);
     let written = Mutex::new(HashSet::new());
     let mut results = BTreeMap::new();
+    let inline_max = if store.inline_objects_allowed() {
+        INLINE_OBJECT_MAX
+    } else {
+        0
+    };
     let mut seq = 0u64;
     // The slice chunker cuts exactly where the streaming one does, without the streaming
     // one's zero-filled buffer of `max_size` bytes (most of a small file's commit).
@@ -113,7 +125,7 @@ fn write_inline(
         };
         results.insert(
             seq,
-            store_chunk(store, settings, salt.as_ref(), &job, &written)?,
+            store_chunk(store, settings, salt.as_ref(), &job, &written, inline_max)?,
         );
         seq += 1;
     }
@@ -220,7 +232,9 @@ fn finish(
             source: std::io::Error::other("a worker stopped without reporting"),
         });
     }
-    if sync {
+    // Inline objects are committed with the metadata; only backend objects need a sync.
+    let put_any = results.values().any(|d| !d.reused && d.inline.is_none());
+    if sync && put_any {
         store
             .chunks
             .sync()
@@ -241,9 +255,13 @@ fn finish(
             *e = (d.chunk.stored_len, d.chunk.loc);
         }
     }
+    let mut inline_objects = Vec::new();
     let chunks: Vec<ContentChunk> = results
         .into_values()
         .map(|d| {
+            if let Some(object) = d.inline {
+                inline_objects.push((d.chunk.extent.chunk, object));
+            }
             if d.reused {
                 report.reused_chunks += 1;
             } else {
@@ -262,6 +280,7 @@ fn finish(
             chunks,
             size: total_bytes,
             provenance: None,
+            inline_objects,
         },
         report,
     ))
@@ -334,7 +353,7 @@ fn worker(
             Ok(j) => j,
             Err(_) => return,
         };
-        let r = store_chunk(store, s, salt.as_ref(), &job, &written);
+        let r = store_chunk(store, s, salt.as_ref(), &job, &written, 0);
         if done.send(r).is_err() {
             return;
         }
@@ -347,6 +366,7 @@ fn store_chunk(
     salt: Option<&[u8; 16]>,
     job: &Job,
     written: &Mutex<HashSet<ChunkId>>,
+    inline_max: usize,
 ) -> Result<Done> {
     let id = chunk_codec::chunk_id(&store.keys, s, &job.data, salt);
     let extent = Extent {
@@ -364,9 +384,22 @@ fn store_chunk(
                 loc: None,
             },
             reused: true,
+            inline: None,
         });
     }
     let object = chunk_codec::encode(&store.keys, s, &id, &job.data, salt);
+    if object.len() <= inline_max {
+        return Ok(Done {
+            seq: job.seq,
+            chunk: ContentChunk {
+                extent,
+                stored_len: object.len() as u32,
+                loc: None,
+            },
+            reused: false,
+            inline: Some(object),
+        });
+    }
     let loc = store
         .chunks
         .put(&id, &object)
@@ -379,6 +412,7 @@ fn store_chunk(
             loc,
         },
         reused: false,
+        inline: None,
     })
 }
 

@@ -280,6 +280,8 @@ impl Space {
             chunks,
             size: prefix_len + tail.size,
             provenance: None,
+            // The tail's small objects, if kept inline, are committed with it.
+            inline_objects: tail.inline_objects,
         };
         let node = self.store.meta.commit_content(node.ino, &content, None)?;
         Ok((node, report))

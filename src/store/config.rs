@@ -8,9 +8,11 @@ use crate::crypto::MasterKey;
 use crate::error::{Result, SpaceError};
 
 pub const FORMAT_NAME: &str = "space-store";
-/// Written by `init`. Version 2 stores objects in pack files; version 1 (loose objects) is
-/// still read and written as such.
-pub const FORMAT_VERSION: u32 = 2;
+/// Written by `init`. Version 3 keeps small objects inline in the metadata; version 2 stores
+/// every object in pack files; version 1 (loose objects) is still read and written as such.
+pub const FORMAT_VERSION: u32 = 3;
+/// The first version whose writers may keep small objects inline in `chunks` rows.
+pub const INLINE_OBJECTS_SINCE: u32 = 3;
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -109,9 +109,16 @@ pub struct Extent {
     pub chunk: ChunkId,
 }
 
-/// Where a chunk's object is: its pack location (None: a loose object, found by id) and its
-/// stored length.
-pub type ChunkLocation = (Option<super::PackLoc>, u32);
+/// Where a chunk's object is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkLocation {
+    /// In a pack file (None: a loose object found by id, or an inline one).
+    pub loc: Option<super::PackLoc>,
+    /// Length of the object in bytes.
+    pub stored_len: u32,
+    /// The object itself, kept in the chunk's metadata row (format 3, small objects).
+    pub inline: Option<Vec<u8>>,
+}
 
 /// A chunk referenced by new content, with its object's size (0 if it already existed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +136,9 @@ pub struct Content {
     pub size: u64,
     /// What produced these bytes (an on-write chain's modules), recorded with the commit.
     pub provenance: Option<String>,
+    /// Objects of new chunks kept in the metadata instead of the chunk backend (format 3):
+    /// committed in the same transaction as the content, so they need no separate sync.
+    pub inline_objects: Vec<(ChunkId, Vec<u8>)>,
 }
 
 /// Attribute changes (`None` = unchanged).
@@ -405,7 +415,7 @@ pub trait MetaStore: Send + Sync {
     fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;
 
     /// Where a chunk's object is and how long it is (None: no such chunk row).
-    fn chunk_location(&self, id: &ChunkId) -> Result<Option<(Option<super::PackLoc>, u32)>>;
+    fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>>;
     /// Live bytes (objects of chunks with references, plus record headers) per pack.
     fn pack_usage(&self) -> Result<Vec<(u64, u64)>>;
     /// Live chunks stored in `pack`: (id, location, object length).

@@ -92,6 +92,11 @@ fn key_error(e: KeyFileError) -> SpaceError {
 }
 
 impl Store {
+    /// Whether writers may keep small objects inline in the metadata (format 3 and later).
+    pub fn inline_objects_allowed(&self) -> bool {
+        self.config.format_version >= config::INLINE_OBJECTS_SINCE
+    }
+
     /// Creates a new store in `dir` (which must be empty or absent).
     pub fn init(dir: &Path, opts: &InitOptions) -> Result<StoreConfig> {
         std::fs::create_dir_all(dir)

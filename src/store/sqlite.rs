@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS chunks (
     pack INTEGER,
     pack_offset INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inline_objects (
+    id BLOB PRIMARY KEY,
+    object BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS derived (
     id INTEGER PRIMARY KEY,
     key BLOB NOT NULL UNIQUE,
@@ -320,6 +324,14 @@ fn release_extents(tx: &Transaction, ino: Ino) -> Result<()> {
 }
 
 fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
+    // Inline objects first: the chunk rows below make them reachable, in this transaction.
+    for (id, object) in &content.inline_objects {
+        exec(
+            tx,
+            "INSERT OR IGNORE INTO inline_objects (id, object) VALUES (?1, ?2)",
+            params![id.0.to_vec(), object],
+        )?;
+    }
     let mut ins = tx.prepare_cached(
         "INSERT INTO extents (ino, offset, length, chunk) VALUES (?1, ?2, ?3, ?4)",
     )?;
@@ -482,6 +494,15 @@ fn is_ancestor(c: &Connection, ancestor: Ino, mut ino: Ino) -> Result<bool> {
             None => return Ok(false),
         }
     }
+}
+
+/// `stored_len, pack, pack_offset, inline object` columns from `at` on.
+fn location_from_row(r: &Row, at: usize) -> rusqlite::Result<ChunkLocation> {
+    Ok(ChunkLocation {
+        stored_len: r.get::<_, i64>(at)? as u32,
+        loc: pack_loc(r.get(at + 1)?, r.get(at + 2)?),
+        inline: r.get(at + 3)?,
+    })
 }
 
 /// A chunk row's `pack`, `pack_offset` columns as a location (both NULL: a loose object).
@@ -976,11 +997,12 @@ impl MetaStore for SqliteMeta {
         ino: Ino,
         offset: u64,
         limit: usize,
-    ) -> Result<Vec<(Extent, Option<super::meta::ChunkLocation>)>> {
+    ) -> Result<Vec<(Extent, Option<ChunkLocation>)>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT e.offset, e.length, e.chunk, c.stored_len, c.pack, c.pack_offset
+                "SELECT e.offset, e.length, e.chunk, c.stored_len, c.pack, c.pack_offset, i.object
                  FROM extents e LEFT JOIN chunks c ON c.id = e.chunk
+                   LEFT JOIN inline_objects i ON i.id = e.chunk
                  WHERE e.ino=?1 AND e.offset >=
                    COALESCE((SELECT MAX(offset) FROM extents WHERE ino=?1 AND offset <= ?2), 0)
                  ORDER BY e.offset LIMIT ?3",
@@ -991,11 +1013,11 @@ impl MetaStore for SqliteMeta {
                     len: r.get::<_, i64>(1)? as u32,
                     chunk: chunk_id_from(r.get(2)?),
                 };
-                let stored: Option<i64> = r.get(3)?;
-                let loc = stored.map(|len| -> rusqlite::Result<_> {
-                    Ok((pack_loc(r.get(4)?, r.get(5)?), len as u32))
-                });
-                Ok((extent, loc.transpose()?))
+                let located = match r.get::<_, Option<i64>>(3)? {
+                    Some(_) => Some(location_from_row(r, 3)?),
+                    None => None,
+                };
+                Ok((extent, located))
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
@@ -1050,16 +1072,14 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn chunk_location(&self, id: &ChunkId) -> Result<Option<(Option<super::PackLoc>, u32)>> {
+    fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT stored_len, pack, pack_offset FROM chunks WHERE id=?1")?
-                    .query_row([id.0.to_vec()], |r| {
-                        let len = r.get::<_, i64>(0)? as u32;
-                        Ok((pack_loc(r.get(1)?, r.get(2)?), len))
-                    })
-                    .optional()?,
-            )
+            Ok(c.prepare_cached(
+                "SELECT c.stored_len, c.pack, c.pack_offset, i.object
+                 FROM chunks c LEFT JOIN inline_objects i ON i.id = c.id WHERE c.id=?1",
+            )?
+            .query_row([id.0.to_vec()], |r| location_from_row(r, 0))
+            .optional()?)
         })
     }
 
@@ -1284,11 +1304,19 @@ impl MetaStore for SqliteMeta {
             if refs > 0 {
                 return Ok(false);
             }
-            Ok(exec(
+            let deleted = exec(
                 tx,
                 "DELETE FROM chunks WHERE id=?1 AND refcount <= 0",
                 [id.0.to_vec()],
-            )? > 0)
+            )? > 0;
+            if deleted {
+                exec(
+                    tx,
+                    "DELETE FROM inline_objects WHERE id=?1",
+                    [id.0.to_vec()],
+                )?;
+            }
+            Ok(deleted)
         })
     }
 
