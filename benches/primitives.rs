@@ -53,6 +53,7 @@ fn main() {
         zstd_level: Some(3),
         encrypt: true,
         dedup: true,
+        segmented: false,
     };
     let id = chunk_codec::chunk_id(&keys, s, chunk, None);
     rate("encode (id+probe+seal) 256 KiB", chunk.len(), || {
@@ -61,6 +62,22 @@ fn main() {
     let obj = chunk_codec::encode(&keys, s, &id, chunk, None);
     rate("decode (open+verify) 256 KiB", chunk.len(), || {
         std::hint::black_box(chunk_codec::decode(&keys, &id, obj.clone()).unwrap());
+    });
+    let seg = EncodeSettings {
+        segmented: true,
+        ..s
+    };
+    let sobj = chunk_codec::encode(&keys, seg, &id, chunk, None);
+    rate("decode segmented object 256 KiB", chunk.len(), || {
+        std::hint::black_box(chunk_codec::decode(&keys, &id, sobj.clone()).unwrap());
+    });
+    let plan = chunk_codec::SegmentedObject::parse(&id, &sobj[..40], sobj.len())
+        .unwrap()
+        .unwrap();
+    let (segs, range) = plan.span(100_000, 4096);
+    rate("open the segments of a 4 KiB read", 4096, || {
+        let sealed = sobj[range.clone()].to_vec();
+        std::hint::black_box(plan.open(&keys, segs.clone(), sealed).unwrap());
     });
     let _ = ChunkId([0; 32]);
 }

@@ -110,6 +110,23 @@ impl DataKeys {
         (nonce, t)
     }
 
+    /// Encrypts `buf` in place under `nonce`, which the caller guarantees is never used twice
+    /// with this key (segments of one object: a fresh random base, varied per segment).
+    pub fn seal_with_nonce(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> [u8; TAG_LEN] {
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), buf)
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        let mut t = [0u8; TAG_LEN];
+        t.copy_from_slice(tag.as_ref());
+        t
+    }
+
     /// Authenticates and decrypts `buf` (ciphertext ‖ tag) in place; returns the plaintext
     /// length (the plaintext is `buf[..len]`).
     pub fn open_in_place(

@@ -73,6 +73,14 @@ impl Stats {
         let misses = space.cache.misses.load(Ordering::Relaxed);
         line("cache_hits", hits.to_string());
         line("cache_misses", misses.to_string());
+        line(
+            "partial_chunk_reads",
+            space
+                .cache
+                .partial_reads
+                .load(Ordering::Relaxed)
+                .to_string(),
+        );
         match space.store.meta.stats() {
             Ok(m) => {
                 let ratio = |a: u64, b: u64| {

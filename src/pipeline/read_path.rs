@@ -28,7 +28,23 @@ pub struct ChunkCache {
     budget: u64,
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Reads served from a few segments of a chunk instead of the whole chunk.
+    pub partial_reads: AtomicU64,
     inflight: Mutex<HashMap<ChunkId, Arc<Inflight>>>,
+    /// How to read parts of recently read segmented objects (`None`: read them whole), so a
+    /// repeated small read costs one read of its segments, not also a metadata lookup and a
+    /// read of the object's header.
+    parts: Mutex<LruCache<ChunkId, Option<Arc<PartPlan>>>>,
+}
+
+/// Entries of [`ChunkCache::parts`] (~200 bytes each).
+const PART_PLANS: usize = 16384;
+
+/// Where a segmented object is and its parsed header.
+struct PartPlan {
+    loc: crate::store::PackLoc,
+    stored_len: u32,
+    object: chunk_codec::SegmentedObject,
 }
 
 /// A decode in progress; `done` flips (and waiters wake) when it finished, successfully or not.
@@ -68,8 +84,11 @@ fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 const READAHEAD_CHUNKS: usize = 8;
 const READAHEAD_BYTES: u64 = 4 << 20;
 /// A read starting this close to where the previous one ended counts as sequential (the kernel
-/// may deliver concurrent read-ahead requests slightly out of order).
+/// may deliver concurrent read-ahead requests slightly out of order): four times its own
+/// length, at least 256 KiB and at most 2 MiB, so that small random reads in a small file are
+/// not mistaken for a stream.
 const SEQUENTIAL_SLACK: u64 = 2 << 20;
+const SEQUENTIAL_SLACK_MIN: u64 = 256 << 10;
 
 type PoolJob = Box<dyn FnOnce() + Send>;
 
@@ -119,7 +138,11 @@ impl ChunkCache {
             budget: budget_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            partial_reads: AtomicU64::new(0),
             inflight: Mutex::new(HashMap::new()),
+            parts: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(PART_PLANS).expect("nonzero"),
+            )),
         }
     }
 
@@ -315,6 +338,114 @@ pub fn load_chunk_at(
     })
 }
 
+/// Reads plaintext bytes `[offset, offset + len)` of a chunk by authenticating and decrypting
+/// only the segments holding them (object version 2, uncompressed payload). `None` when the
+/// object cannot be read in part (inline, loose, version 1, compressed, or moved by a gc):
+/// the caller reads it whole. The bytes are authenticated (AES-GCM, bound to the chunk id,
+/// the segment's position and the segment count) but the chunk id is not recomputed, which
+/// needs the whole chunk: reads of whole chunks, `get` and fsck do that.
+pub fn load_chunk_part(
+    store: &Store,
+    cache: &ChunkCache,
+    id: &ChunkId,
+    offset: usize,
+    len: usize,
+    context: &dyn Fn() -> String,
+) -> Result<Option<Vec<u8>>> {
+    let integrity = |reason: String| SpaceError::Integrity {
+        context: context(),
+        chunk: *id,
+        reason,
+    };
+    let io_error =
+        |e: std::io::Error| SpaceError::io(format!("{}: reading chunk {id}", context()), e);
+    let cached = plock(&cache.parts).get(id).cloned();
+    let plan = match cached {
+        Some(None) => return Ok(None),
+        Some(Some(plan)) => plan,
+        None => {
+            let Some(plan) = plan_part_reads(store, id).map_err(|e| match e {
+                PlanError::Io(e) => io_error(e),
+                PlanError::Decode(e) => integrity(e.to_string()),
+            })?
+            else {
+                plock(&cache.parts).put(*id, None);
+                return Ok(None);
+            };
+            let plan = Arc::new(plan);
+            plock(&cache.parts).put(*id, Some(Arc::clone(&plan)));
+            plan
+        }
+    };
+    let (segments, range) = plan.object.span(offset, len);
+    let sealed = match store
+        .chunks
+        .get_range(id, Some(plan.loc), plan.stored_len, range)
+    {
+        Ok(s) => s,
+        // Moved by a gc since: forget the plan, read the object whole (a fresh lookup).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            plock(&cache.parts).pop(id);
+            return Ok(None);
+        }
+        Err(e) => return Err(io_error(e)),
+    };
+    let start = segments.start as usize * plan.object.segment_len();
+    let plain = plan
+        .object
+        .open(&store.keys, segments, sealed)
+        .map_err(|e| {
+            log::error!("{}: chunk {id} failed verification: {e}", context());
+            integrity(e.to_string())
+        })?;
+    let from = offset - start;
+    let to = (from + len).min(plain.len());
+    if from > to {
+        return Err(integrity("range past the end of the chunk".into()));
+    }
+    cache.partial_reads.fetch_add(1, Ordering::Relaxed);
+    Ok(Some(plain[from..to].to_vec()))
+}
+
+enum PlanError {
+    Io(std::io::Error),
+    Decode(chunk_codec::DecodeError),
+}
+
+/// Looks a chunk's object up and parses its header; `None` if it cannot be read in part.
+fn plan_part_reads(
+    store: &Store,
+    id: &ChunkId,
+) -> std::result::Result<Option<PartPlan>, PlanError> {
+    let located = store
+        .meta
+        .chunk_location(id)
+        .map_err(|e| PlanError::Io(std::io::Error::other(e.to_string())))?;
+    let Some(located) = located else {
+        return Ok(None);
+    };
+    let (Some(loc), None) = (located.loc, &located.inline) else {
+        return Ok(None);
+    };
+    let stored_len = located.stored_len as usize;
+    let head_len = stored_len.min(chunk_codec::SegmentedObject::HEAD_LEN);
+    let head = match store
+        .chunks
+        .get_range(id, Some(loc), located.stored_len, 0..head_len)
+    {
+        Ok(h) => h,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PlanError::Io(e)),
+    };
+    Ok(chunk_codec::SegmentedObject::parse(id, &head, stored_len)
+        .map_err(PlanError::Decode)?
+        .map(|object| PartPlan {
+            loc,
+            stored_len: located.stored_len,
+            object,
+        }))
+}
+
 /// How a capsule is named in errors: path if known, and UUID.
 pub fn describe(node: &Node, path: &str) -> String {
     format!("capsule {path} ({})", node.uuid)
@@ -337,6 +468,8 @@ pub struct CapsuleReader {
     ahead_to: u64,
     /// The current read does not follow the previous one.
     random: bool,
+    /// Reads in a row that followed their predecessor (0: the current read is random).
+    streak: u32,
 }
 
 const WINDOW: usize = 64;
@@ -372,6 +505,7 @@ impl CapsuleReader {
             last_end: None,
             ahead_to: 0,
             random: false,
+            streak: 0,
         }
     }
 
@@ -448,15 +582,19 @@ impl CapsuleReader {
 
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of capsule.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let slack = (buf.len() as u64 * 4).clamp(SEQUENTIAL_SLACK_MIN, SEQUENTIAL_SLACK);
         let sequential = match self.last_end {
             None => offset == 0,
-            Some(end) => offset.abs_diff(end) <= SEQUENTIAL_SLACK,
+            Some(end) => offset.abs_diff(end) <= slack,
         };
         self.random = !sequential;
+        self.streak = if sequential { self.streak + 1 } else { 0 };
         if !sequential {
             self.ahead_to = 0;
         }
-        if sequential && offset < self.size {
+        // Read ahead from the start of a file, or once two reads in a row followed each
+        // other: a random read that happens to land near the previous one is not a stream.
+        if sequential && (offset == 0 || self.streak >= 2) && offset < self.size {
             self.read_ahead(offset)?;
         }
         let mut done = 0usize;
@@ -465,12 +603,32 @@ impl CapsuleReader {
             let e = self.extent_at(pos)?;
             let name = &self.name;
             let store = &self.store;
+            let within = (pos - e.offset) as usize;
+            let want = (e.len as usize - within).min(buf.len() - done);
+            // A small read out of sequence: authenticate and decrypt just the segments under
+            // it instead of the whole chunk (unless the chunk is decoded already).
+            if self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk) {
+                let part = load_chunk_part(store, &self.cache, &e.chunk, within, want, &|| {
+                    format!("{name}, chunk at offset {}", e.offset)
+                })?;
+                if let Some(bytes) = part {
+                    buf[done..done + bytes.len()].copy_from_slice(&bytes);
+                    done += bytes.len();
+                    if bytes.len() < want {
+                        return Err(SpaceError::Integrity {
+                            context: format!("{name} at offset {pos}"),
+                            chunk: e.chunk,
+                            reason: "chunk shorter than its extent".into(),
+                        });
+                    }
+                    continue;
+                }
+            }
             let data = self.cache.get_or_load(&e.chunk, &|| {
                 load_chunk(store, &e.chunk, &|| {
                     format!("{name}, chunk at offset {}", e.offset)
                 })
             })?;
-            let within = (pos - e.offset) as usize;
             let n = (data.len() - within).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&data[within..within + n]);
             done += n;

@@ -387,6 +387,10 @@ fn store_chunk(
             inline: None,
         });
     }
+    let s = EncodeSettings {
+        segmented: store.segmented_objects(),
+        ..s
+    };
     let object = chunk_codec::encode(&store.keys, s, &id, &job.data, salt);
     if object.len() <= inline_max {
         return Ok(Done {

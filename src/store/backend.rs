@@ -25,6 +25,21 @@ pub trait ChunkBackend: Send + Sync {
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> std::io::Result<Option<PackLoc>>;
     /// Reads an object of `len` bytes: at `loc` if packed, else by id.
     fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<Vec<u8>>;
+    /// Reads bytes `range` of an object of `len` bytes (for partial reads of segmented
+    /// objects). The default reads the whole object.
+    fn get_range(
+        &self,
+        id: &ChunkId,
+        loc: Option<PackLoc>,
+        len: u32,
+        range: std::ops::Range<usize>,
+    ) -> std::io::Result<Vec<u8>> {
+        let whole = self.get(id, loc, len)?;
+        whole
+            .get(range)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+    }
     /// Deletes a loose object (packed objects are reclaimed by repacking).
     fn delete(&self, id: &ChunkId) -> std::io::Result<()>;
     /// Every loose object id present (for gc and fsck).

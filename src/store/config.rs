@@ -11,8 +11,9 @@ pub const FORMAT_NAME: &str = "space-store";
 /// Written by `init`. Version 3 keeps small objects inline in the metadata; version 2 stores
 /// every object in pack files; version 1 (loose objects) is still read and written as such.
 pub const FORMAT_VERSION: u32 = 3;
-/// The first version whose writers may keep small objects inline in `chunks` rows.
-pub const INLINE_OBJECTS_SINCE: u32 = 3;
+/// The first version whose writers keep small objects inline in the metadata (FORMAT.md 4.5)
+/// and seal encrypted objects in segments (object version 2, FORMAT.md 4.2).
+pub const FORMAT_3: u32 = 3;
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

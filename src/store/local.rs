@@ -50,6 +50,9 @@ pub struct LocalBackend {
     /// A pack file was created since the last `sync` (its directory entry needs a flush).
     new_pack: AtomicBool,
     readers: Mutex<LruCache<u64, Arc<File>>>,
+    /// Pack descriptors for partial reads, opened with POSIX_FADV_RANDOM: no read-ahead, so
+    /// a 16 KiB segment read reads 16 KiB (the sequential readers keep theirs).
+    random_readers: Mutex<LruCache<u64, Arc<File>>>,
 }
 
 /// The pack this process appends to (its flock marks it busy for gc).
@@ -103,6 +106,9 @@ impl LocalBackend {
             dirty_packs: Mutex::new(HashMap::new()),
             new_pack: AtomicBool::new(false),
             readers: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(64).expect("non-zero"),
+            )),
+            random_readers: Mutex::new(LruCache::new(
                 std::num::NonZeroUsize::new(64).expect("non-zero"),
             )),
         })
@@ -226,15 +232,34 @@ impl LocalBackend {
     }
 
     fn reader(&self, pack: u64) -> io::Result<Arc<File>> {
-        if let Some(f) = plock(&self.readers).get(&pack) {
+        self.cached_reader(&self.readers, pack, None)
+    }
+
+    /// A descriptor of `pack` for reads of a few segments at random places.
+    fn random_reader(&self, pack: u64) -> io::Result<Arc<File>> {
+        self.cached_reader(&self.random_readers, pack, Some(libc::POSIX_FADV_RANDOM))
+    }
+
+    fn cached_reader(
+        &self,
+        cache: &Mutex<LruCache<u64, Arc<File>>>,
+        pack: u64,
+        advice: Option<libc::c_int>,
+    ) -> io::Result<Arc<File>> {
+        if let Some(f) = plock(cache).get(&pack) {
             return Ok(Arc::clone(f));
         }
         let dir = self
             .packs_dir
             .as_ref()
             .ok_or_else(|| io::Error::other("packed object in a store without packs"))?;
-        let f = Arc::new(File::open(dir.join(pack_name(pack)))?);
-        plock(&self.readers).put(pack, Arc::clone(&f));
+        let f = File::open(dir.join(pack_name(pack)))?;
+        if let Some(advice) = advice {
+            // SAFETY: plain syscall on a descriptor we own; advice only, failure is harmless.
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice) };
+        }
+        let f = Arc::new(f);
+        plock(cache).put(pack, Arc::clone(&f));
         Ok(f)
     }
 }
@@ -298,6 +323,27 @@ impl ChunkBackend for LocalBackend {
             ),
             _ => e,
         })
+    }
+
+    fn get_range(
+        &self,
+        id: &ChunkId,
+        loc: Option<PackLoc>,
+        len: u32,
+        range: std::ops::Range<usize>,
+    ) -> io::Result<Vec<u8>> {
+        let Some(loc) = loc else {
+            let whole = self.get(id, None, len)?;
+            return whole
+                .get(range)
+                .map(<[u8]>::to_vec)
+                .ok_or_else(|| io::ErrorKind::UnexpectedEof.into());
+        };
+        if range.end > len as usize || range.start > range.end {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let f = self.random_reader(loc.pack)?;
+        read_exact_uninit(&f, range.len(), loc.offset + range.start as u64)
     }
 
     fn delete(&self, id: &ChunkId) -> io::Result<()> {
@@ -413,6 +459,7 @@ impl ChunkBackend for LocalBackend {
             return Ok(false);
         }
         plock(&self.readers).pop(&pack);
+        plock(&self.random_readers).pop(&pack);
         fs::remove_file(&path)?;
         if let Some(dir) = &self.packs_dir {
             fsync_dir(dir)?;

@@ -94,7 +94,12 @@ fn key_error(e: KeyFileError) -> SpaceError {
 impl Store {
     /// Whether writers may keep small objects inline in the metadata (format 3 and later).
     pub fn inline_objects_allowed(&self) -> bool {
-        self.config.format_version >= config::INLINE_OBJECTS_SINCE
+        self.config.format_version >= config::FORMAT_3
+    }
+
+    /// Whether writers seal encrypted objects in segments (format 3 and later).
+    pub fn segmented_objects(&self) -> bool {
+        self.config.format_version >= config::FORMAT_3
     }
 
     /// Creates a new store in `dir` (which must be empty or absent).
