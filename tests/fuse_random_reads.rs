@@ -11,15 +11,6 @@ use rand::{Rng, SeedableRng};
 /// Segment size of the objects this build writes.
 const SEGMENT: usize = 1 << space::pipeline::chunk_codec::SEGMENT_SHIFT;
 
-fn stat(mnt: &std::path::Path, key: &str) -> u64 {
-    let text = std::fs::read_to_string(mnt.join(".space/stats")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("no {key} in stats:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
     let s = scratch();
@@ -65,7 +56,7 @@ fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
     }
     let text = std::fs::read_to_string(s.mnt.join(".space/stats")).unwrap();
     assert!(
-        stat(&s.mnt, "partial_chunk_reads") >= 100,
+        stat_value(&s.mnt, "partial_chunk_reads") >= 100,
         "random reads were served from segments:\n{text}"
     );
     drop(f);

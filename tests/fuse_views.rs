@@ -27,15 +27,6 @@ fn getxattr(path: &std::path::Path, name: &str) -> Option<Vec<u8>> {
     })
 }
 
-fn stat_value(mnt: &std::path::Path, key: &str) -> u64 {
-    let text = std::fs::read_to_string(mnt.join(".space/stats")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
-        .unwrap_or_else(|| panic!("{key} missing from stats:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn views_through_the_mount() {
     let s = scratch();

@@ -34,11 +34,7 @@ pub trait ChunkBackend: Send + Sync {
         len: u32,
         range: std::ops::Range<usize>,
     ) -> std::io::Result<Vec<u8>> {
-        let whole = self.get(id, loc, len)?;
-        whole
-            .get(range)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+        range_of(&self.get(id, loc, len)?, range)
     }
     /// Deletes a loose object (packed objects are reclaimed by repacking).
     fn delete(&self, id: &ChunkId) -> std::io::Result<()>;
@@ -66,4 +62,12 @@ pub trait ChunkBackend: Send + Sync {
         let _ = pack;
         true
     }
+}
+
+/// Bytes `range` of a whole object (for backends that cannot read part of one).
+pub(crate) fn range_of(whole: &[u8], range: std::ops::Range<usize>) -> std::io::Result<Vec<u8>> {
+    whole
+        .get(range)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
 }

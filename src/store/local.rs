@@ -333,11 +333,7 @@ impl ChunkBackend for LocalBackend {
         range: std::ops::Range<usize>,
     ) -> io::Result<Vec<u8>> {
         let Some(loc) = loc else {
-            let whole = self.get(id, None, len)?;
-            return whole
-                .get(range)
-                .map(<[u8]>::to_vec)
-                .ok_or_else(|| io::ErrorKind::UnexpectedEof.into());
+            return super::backend::range_of(&self.get(id, None, len)?, range);
         };
         if range.end > len as usize || range.start > range.end {
             return Err(io::ErrorKind::UnexpectedEof.into());

@@ -320,3 +320,14 @@ pub fn put_with_policy(s: &Scratch, dest: &str, data: &[u8], policy: Option<&str
     let o = spacectl(&s.store, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A counter from the mount's `/.space/stats`.
+#[allow(dead_code)]
+pub fn stat_value(mnt: &Path, key: &str) -> u64 {
+    let text = std::fs::read_to_string(mnt.join(".space/stats")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+        .unwrap_or_else(|| panic!("{key} missing from stats:\n{text}"))
+        .parse()
+        .unwrap()
+}
