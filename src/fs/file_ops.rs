@@ -78,6 +78,7 @@ impl SpaceFs {
                 loc: Some(l),
                 stored_len: c.stored_len,
                 inline: None,
+                head: None,
             });
             let store = &self.space.store;
             let data = self

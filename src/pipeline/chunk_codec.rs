@@ -300,6 +300,20 @@ fn seal_segments(keys: &DataKeys, mut out: Vec<u8>, aad: &[u8], body: &[u8]) -> 
     out
 }
 
+/// Length of a version-2 object's head (header, salt, base nonce: what
+/// [`SegmentedObject::parse`] reads); None for other objects.
+pub fn segmented_head_len(object: &[u8]) -> Option<usize> {
+    if object.len() < FIXED_HEADER || &object[..4] != MAGIC || object[4] != VERSION_SEGMENTED {
+        return None;
+    }
+    let salt = if object[5] & FLAG_SALTED != 0 {
+        SALT_LEN
+    } else {
+        0
+    };
+    Some(FIXED_HEADER + salt + NONCE_LEN).filter(|&n| n <= object.len())
+}
+
 /// A version-2 object's header as a partial reader sees it: enough to find, authenticate and
 /// decrypt the segments holding a byte range of an uncompressed chunk without reading the
 /// rest of the object.

@@ -45,6 +45,8 @@ struct PartPlan {
     loc: crate::store::PackLoc,
     stored_len: u32,
     object: chunk_codec::SegmentedObject,
+    /// Parsed from the metadata's copy of the head, not from the object.
+    head_from_metadata: bool,
 }
 
 /// A decode in progress; `done` flips (and waiters wake) when it finished, successfully or not.
@@ -359,52 +361,63 @@ pub fn load_chunk_part(
     };
     let io_error =
         |e: std::io::Error| SpaceError::io(format!("{}: reading chunk {id}", context()), e);
-    let cached = plock(&cache.parts).get(id).cloned();
-    let plan = match cached {
-        Some(None) => return Ok(None),
-        Some(Some(plan)) => plan,
-        None => {
-            let Some(plan) = plan_part_reads(store, id).map_err(|e| match e {
-                PlanError::Io(e) => io_error(e),
-                PlanError::Decode(e) => integrity(e.to_string()),
-            })?
-            else {
-                plock(&cache.parts).put(*id, None);
+    // First with the object's head as the metadata keeps it; if that fails to authenticate
+    // (a damaged copy), once more with the head read from the object itself.
+    let mut trust_metadata_head = true;
+    loop {
+        let cached = plock(&cache.parts).get(id).cloned();
+        let plan = match cached {
+            Some(None) => return Ok(None),
+            Some(Some(plan)) => plan,
+            None => {
+                let planned =
+                    plan_part_reads(store, id, trust_metadata_head).map_err(|e| match e {
+                        PlanError::Io(e) => io_error(e),
+                        PlanError::Decode(e) => integrity(e.to_string()),
+                    })?;
+                let Some(plan) = planned else {
+                    plock(&cache.parts).put(*id, None);
+                    return Ok(None);
+                };
+                let plan = Arc::new(plan);
+                plock(&cache.parts).put(*id, Some(Arc::clone(&plan)));
+                plan
+            }
+        };
+        let (segments, range) = plan.object.span(offset, len);
+        let sealed = match store
+            .chunks
+            .get_range(id, Some(plan.loc), plan.stored_len, range)
+        {
+            Ok(s) => s,
+            // Moved by a gc since: forget the plan, read the object whole (a fresh lookup).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                plock(&cache.parts).pop(id);
                 return Ok(None);
-            };
-            let plan = Arc::new(plan);
-            plock(&cache.parts).put(*id, Some(Arc::clone(&plan)));
-            plan
+            }
+            Err(e) => return Err(io_error(e)),
+        };
+        let start = segments.start as usize * plan.object.segment_len();
+        let plain = match plan.object.open(&store.keys, segments, sealed) {
+            Ok(p) => p,
+            Err(_) if plan.head_from_metadata => {
+                plock(&cache.parts).pop(id);
+                trust_metadata_head = false;
+                continue;
+            }
+            Err(e) => {
+                log::error!("{}: chunk {id} failed verification: {e}", context());
+                return Err(integrity(e.to_string()));
+            }
+        };
+        let from = offset - start;
+        let to = (from + len).min(plain.len());
+        if from > to {
+            return Err(integrity("range past the end of the chunk".into()));
         }
-    };
-    let (segments, range) = plan.object.span(offset, len);
-    let sealed = match store
-        .chunks
-        .get_range(id, Some(plan.loc), plan.stored_len, range)
-    {
-        Ok(s) => s,
-        // Moved by a gc since: forget the plan, read the object whole (a fresh lookup).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            plock(&cache.parts).pop(id);
-            return Ok(None);
-        }
-        Err(e) => return Err(io_error(e)),
-    };
-    let start = segments.start as usize * plan.object.segment_len();
-    let plain = plan
-        .object
-        .open(&store.keys, segments, sealed)
-        .map_err(|e| {
-            log::error!("{}: chunk {id} failed verification: {e}", context());
-            integrity(e.to_string())
-        })?;
-    let from = offset - start;
-    let to = (from + len).min(plain.len());
-    if from > to {
-        return Err(integrity("range past the end of the chunk".into()));
+        cache.partial_reads.fetch_add(1, Ordering::Relaxed);
+        return Ok(Some(plain[from..to].to_vec()));
     }
-    cache.partial_reads.fetch_add(1, Ordering::Relaxed);
-    Ok(Some(plain[from..to].to_vec()))
 }
 
 enum PlanError {
@@ -412,10 +425,12 @@ enum PlanError {
     Decode(chunk_codec::DecodeError),
 }
 
-/// Looks a chunk's object up and parses its header; `None` if it cannot be read in part.
+/// Looks a chunk's object up and parses its head (from the metadata's copy when there is one
+/// and `use_metadata_head`, else read from the object); `None` if it cannot be read in part.
 fn plan_part_reads(
     store: &Store,
     id: &ChunkId,
+    use_metadata_head: bool,
 ) -> std::result::Result<Option<PartPlan>, PlanError> {
     let located = store
         .meta
@@ -428,22 +443,31 @@ fn plan_part_reads(
         return Ok(None);
     };
     let stored_len = located.stored_len as usize;
-    let head_len = stored_len.min(chunk_codec::SegmentedObject::HEAD_LEN);
-    let head = match store
-        .chunks
-        .get_range(id, Some(loc), located.stored_len, 0..head_len)
-    {
-        Ok(h) => h,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(PlanError::Io(e)),
+    let (head, head_from_metadata) = match located.head {
+        Some(h) if use_metadata_head => (h, true),
+        _ => {
+            let head_len = stored_len.min(chunk_codec::SegmentedObject::HEAD_LEN);
+            match store
+                .chunks
+                .get_range(id, Some(loc), located.stored_len, 0..head_len)
+            {
+                Ok(h) => (h, false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(PlanError::Io(e)),
+            }
+        }
     };
-    Ok(chunk_codec::SegmentedObject::parse(id, &head, stored_len)
-        .map_err(PlanError::Decode)?
-        .map(|object| PartPlan {
+    match chunk_codec::SegmentedObject::parse(id, &head, stored_len) {
+        Ok(parsed) => Ok(parsed.map(|object| PartPlan {
             loc,
             stored_len: located.stored_len,
             object,
-        }))
+            head_from_metadata,
+        })),
+        // A damaged copy in the metadata: the object's own head decides.
+        Err(_) if head_from_metadata => plan_part_reads(store, id, false),
+        Err(e) => Err(PlanError::Decode(e)),
+    }
 }
 
 /// How a capsule is named in errors: path if known, and UUID.

@@ -17,7 +17,7 @@ use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::{self, EncodeSettings};
 use crate::pipeline::transform::TransformFailed;
 use crate::policy::Chunking;
-use crate::store::meta::{Content, ContentChunk, Extent};
+use crate::store::meta::{Content, ContentChunk, Extent, ObjectHead};
 use crate::store::{ChunkId, Store};
 
 /// Counters from one write, for progress and `put` output.
@@ -247,14 +247,16 @@ fn finish(
     };
     // A chunk repeated within the stream may have been reported as reused by one worker
     // while another wrote it: record the object size and location on every occurrence.
-    let mut sizes: std::collections::HashMap<ChunkId, (u32, Option<crate::store::PackLoc>)> =
+    let mut sizes: std::collections::HashMap<ChunkId, &ContentChunk> =
         std::collections::HashMap::new();
     for d in results.values() {
-        let e = sizes.entry(d.chunk.extent.chunk).or_default();
-        if d.chunk.stored_len > e.0 {
-            *e = (d.chunk.stored_len, d.chunk.loc);
+        let e = sizes.entry(d.chunk.extent.chunk).or_insert(&d.chunk);
+        if d.chunk.stored_len > e.stored_len {
+            *e = &d.chunk;
         }
     }
+    let sizes: std::collections::HashMap<ChunkId, ContentChunk> =
+        sizes.into_iter().map(|(id, c)| (id, *c)).collect();
     let mut inline_objects = Vec::new();
     let chunks: Vec<ContentChunk> = results
         .into_values()
@@ -267,11 +269,10 @@ fn finish(
             } else {
                 report.stored_bytes += d.chunk.stored_len as u64;
             }
-            let (stored_len, loc) = sizes[&d.chunk.extent.chunk];
+            let stored = sizes[&d.chunk.extent.chunk];
             ContentChunk {
                 extent: d.chunk.extent,
-                stored_len,
-                loc,
+                ..stored
             }
         })
         .collect();
@@ -382,6 +383,7 @@ fn store_chunk(
                 extent,
                 stored_len: 0,
                 loc: None,
+                head: None,
             },
             reused: true,
             inline: None,
@@ -399,6 +401,7 @@ fn store_chunk(
                 extent,
                 stored_len: object.len() as u32,
                 loc: None,
+                head: None,
             },
             reused: false,
             inline: Some(object),
@@ -408,12 +411,14 @@ fn store_chunk(
         .chunks
         .put(&id, &object)
         .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
+    let head = chunk_codec::segmented_head_len(&object).and_then(|n| ObjectHead::new(&object[..n]));
     Ok(Done {
         seq: job.seq,
         chunk: ContentChunk {
             extent,
             stored_len: object.len() as u32,
             loc,
+            head,
         },
         reused: false,
         inline: None,

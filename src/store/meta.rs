@@ -118,6 +118,8 @@ pub struct ChunkLocation {
     pub stored_len: u32,
     /// The object itself, kept in the chunk's metadata row (format 3, small objects).
     pub inline: Option<Vec<u8>>,
+    /// A copy of the object's first bytes (segmented objects, format 3).
+    pub head: Option<Vec<u8>>,
 }
 
 /// A chunk referenced by new content, with its object's size (0 if it already existed).
@@ -127,6 +129,35 @@ pub struct ContentChunk {
     pub stored_len: u32,
     /// Where the object was written by this write (None: reused, or a loose object).
     pub loc: Option<super::PackLoc>,
+    /// The first bytes of a segmented object written by this write (kept with the chunk so a
+    /// partial read needs no read of them).
+    pub head: Option<ObjectHead>,
+}
+
+/// A copy of an object's first bytes (header, salt, nonce: at most 40), kept in its chunk's
+/// metadata row (docs/FORMAT.md 5, `chunks.head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHead {
+    len: u8,
+    bytes: [u8; ObjectHead::MAX],
+}
+
+impl ObjectHead {
+    pub const MAX: usize = 40;
+
+    /// None if `b` is longer than [`ObjectHead::MAX`].
+    pub fn new(b: &[u8]) -> Option<ObjectHead> {
+        let mut bytes = [0u8; Self::MAX];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(ObjectHead {
+            len: b.len() as u8,
+            bytes,
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
 }
 
 /// A capsule's complete new content.

@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     plain_len INTEGER NOT NULL,
     stored_len INTEGER NOT NULL,
     pack INTEGER,
-    pack_offset INTEGER
+    pack_offset INTEGER,
+    head BLOB
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inline_objects (
     id BLOB PRIMARY KEY,
@@ -230,6 +231,12 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
             "ALTER TABLE chunks ADD COLUMN pack INTEGER; ALTER TABLE chunks ADD COLUMN pack_offset INTEGER",
         )?;
     }
+    let has_head = c
+        .prepare("SELECT 1 FROM pragma_table_info('chunks') WHERE name='head'")?
+        .exists([])?;
+    if !has_head {
+        c.execute_batch("ALTER TABLE chunks ADD COLUMN head BLOB")?;
+    }
     Ok(())
 }
 
@@ -339,9 +346,10 @@ fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
         "INSERT INTO extents (ino, offset, length, chunk) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut up = tx.prepare_cached(
-        "INSERT INTO chunks (id, refcount, plain_len, stored_len, pack, pack_offset)
-         VALUES (?1, 1, ?2, ?3, ?4, ?5)
+        "INSERT INTO chunks (id, refcount, plain_len, stored_len, pack, pack_offset, head)
+         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT(id) DO UPDATE SET refcount = refcount + 1,
+             head = CASE WHEN pack IS NULL THEN excluded.head ELSE head END,
              pack = COALESCE(pack, excluded.pack),
              pack_offset = COALESCE(pack_offset, excluded.pack_offset)",
     )?;
@@ -366,7 +374,8 @@ fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
             e.len as i64,
             c.stored_len as i64,
             c.loc.map(|l| l.pack as i64),
-            c.loc.map(|l| l.offset as i64)
+            c.loc.map(|l| l.offset as i64),
+            c.head.as_ref().map(|h| h.as_slice())
         ])?;
         debug_assert_eq!(n, 1);
     }
@@ -499,12 +508,13 @@ fn is_ancestor(c: &Connection, ancestor: Ino, mut ino: Ino) -> Result<bool> {
     }
 }
 
-/// `stored_len, pack, pack_offset, inline object` columns from `at` on.
+/// `stored_len, pack, pack_offset, inline object, head` columns from `at` on.
 fn location_from_row(r: &Row, at: usize) -> rusqlite::Result<ChunkLocation> {
     Ok(ChunkLocation {
         stored_len: r.get::<_, i64>(at)? as u32,
         loc: pack_loc(r.get(at + 1)?, r.get(at + 2)?),
         inline: r.get(at + 3)?,
+        head: r.get(at + 4)?,
     })
 }
 
@@ -1015,7 +1025,8 @@ impl MetaStore for SqliteMeta {
     ) -> Result<Vec<(Extent, Option<ChunkLocation>)>> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT e.offset, e.length, e.chunk, c.stored_len, c.pack, c.pack_offset, i.object
+                "SELECT e.offset, e.length, e.chunk, c.stored_len, c.pack, c.pack_offset, i.object,
+                        c.head
                  FROM extents e LEFT JOIN chunks c ON c.id = e.chunk
                    LEFT JOIN inline_objects i ON i.id = e.chunk
                  WHERE e.ino=?1 AND e.offset >=
@@ -1090,7 +1101,7 @@ impl MetaStore for SqliteMeta {
     fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT c.stored_len, c.pack, c.pack_offset, i.object
+                "SELECT c.stored_len, c.pack, c.pack_offset, i.object, c.head
                  FROM chunks c LEFT JOIN inline_objects i ON i.id = c.id WHERE c.id=?1",
             )?
             .query_row([id.0.to_vec()], |r| location_from_row(r, 0))
