@@ -520,7 +520,8 @@ impl SpaceFs {
                 let expect = (buf.base_len() > 0).then_some(st.node.version);
                 let mut base = |off: u64, b: &mut [u8]| read_exact_at(&mut reader, off, b);
                 let mut input = MergedReader::new(buf, &mut base);
-                self.space.write_content(&current, &mut input, expect)
+                self.space
+                    .write_content_named(&current, &name, &mut input, expect)
             }
             // Only appended to since the chunks stored ahead: store the rest after them.
             Some(e) if buf.base_len() == e.len && buf.dirty_start().is_none_or(|s| s >= e.len) => {
@@ -529,13 +530,14 @@ impl SpaceFs {
                 };
                 let mut input = MergedReader::starting_at(buf, &mut nobase, e.len);
                 self.space
-                    .write_content_after(&current, &e.chunks, e.len, &mut input)
+                    .write_content_after(&current, &name, &e.chunks, e.len, &mut input)
             }
             // Rewritten or truncated inside them: re-chunk the whole merged content.
             Some(e) => {
                 let mut base = |off: u64, b: &mut [u8]| self.read_eager(e, &name, off, b);
                 let mut input = MergedReader::new(buf, &mut base);
-                self.space.write_content(&current, &mut input, None)
+                self.space
+                    .write_content_named(&current, &name, &mut input, None)
             }
         };
         let (mut node, report) = match result {

@@ -193,10 +193,21 @@ impl Space {
         input: &mut dyn Read,
         expect_version: Option<u64>,
     ) -> Result<(Node, WriteReport)> {
+        self.write_content_named(node, &self.describe(node), input, expect_version)
+    }
+
+    /// [`Space::write_content`] for a caller that has the capsule's name for messages at
+    /// hand already (finding it is a metadata lookup per path component).
+    pub fn write_content_named(
+        &self,
+        node: &Node,
+        what: &str,
+        input: &mut dyn Read,
+        expect_version: Option<u64>,
+    ) -> Result<(Node, WriteReport)> {
         let policy = self.policy_of(node)?;
-        let what = self.describe(node);
         let _guard = self.store.lock(LockMode::Shared)?;
-        let (content, report) = self.write_through_policy(input, &policy, &what, &|_| {})?;
+        let (content, report) = self.write_through_policy(input, &policy, what, &|_| {})?;
         let node = self
             .store
             .meta
@@ -250,19 +261,19 @@ impl Space {
     pub fn write_content_after(
         &self,
         node: &Node,
+        what: &str,
         prefix: &[ContentChunk],
         prefix_len: u64,
         rest: &mut dyn Read,
     ) -> Result<(Node, WriteReport)> {
         let policy = self.policy_of(node)?;
-        let what = self.describe(node);
         if policy.on_write().next().is_some() {
             return Err(SpaceError::InvalidArgument(format!(
                 "{what}: the policy gained an on-write chain while the file was written"
             )));
         }
         let _guard = self.store.lock(LockMode::Shared)?;
-        let (tail, mut report) = self.write_through_policy(rest, &policy, &what, &|_| {})?;
+        let (tail, mut report) = self.write_through_policy(rest, &policy, what, &|_| {})?;
         // The tail's write synced every object stored before it, the prefix's included; sync
         // again in case the tail stored nothing (a no-op then for the local backend).
         self.store

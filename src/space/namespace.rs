@@ -174,9 +174,6 @@ impl Space {
         if dir.kind == NodeKind::Dir && dir.policy.is_some() {
             return Ok(dir.policy.clone());
         }
-        match self.store.meta.path_of(dir.ino)? {
-            Some(p) => Ok(self.walk(&String::from_utf8_lossy(&p))?.1),
-            None => Ok(None),
-        }
+        self.store.meta.nearest_policy(dir.ino)
     }
 }

@@ -434,6 +434,11 @@ pub trait MetaStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// The policy of `dir` or of its nearest ancestor directory that has one (what a node
+    /// created in `dir` inherits), in one query; None if none has one or `dir` is unlinked
+    /// and has none.
+    fn nearest_policy(&self, dir: Ino) -> Result<Option<String>>;
+
     /// Whether each commit is durable (survives power loss) before it returns; the default.
     /// With `false`, a commit is atomic and survives the process being killed at once, and
     /// becomes durable at the next [`MetaStore::sync`] (a local filesystem's `close()` vs

@@ -567,13 +567,13 @@ impl MetaStore for SqliteMeta {
             let mut parts: Vec<Vec<u8>> = Vec::new();
             let mut cur = ino;
             while cur != ROOT_INO {
-                let r: Option<(i64, Vec<u8>)> = c
-                    .query_row(
-                        "SELECT parent, name FROM dentries WHERE ino=?1 LIMIT 1",
-                        [cur as i64],
-                        |r| Ok((r.get(0)?, r.get(1)?)),
-                    )
-                    .optional()?;
+                let r: Option<(i64, Vec<u8>)> = row(
+                    c,
+                    "SELECT parent, name FROM dentries WHERE ino=?1 LIMIT 1",
+                    [cur as i64],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
                 match r {
                     Some((p, n)) => {
                         parts.push(n);
@@ -846,6 +846,27 @@ impl MetaStore for SqliteMeta {
             }
             destroy_node(tx, ino)?;
             Ok(true)
+        })
+    }
+
+    fn nearest_policy(&self, dir: Ino) -> Result<Option<String>> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "WITH RECURSIVE up(ino, depth) AS (
+                     SELECT ?1, 0
+                     UNION ALL
+                     SELECT d.parent, up.depth + 1 FROM up JOIN dentries d ON d.ino = up.ino
+                     WHERE up.ino != ?2 AND up.depth < 4096
+                 )
+                 SELECT n.policy FROM up JOIN nodes n ON n.ino = up.ino
+                 WHERE n.policy IS NOT NULL AND n.kind = ?3
+                 ORDER BY up.depth LIMIT 1",
+            )?
+            .query_row(
+                params![dir as i64, ROOT_INO as i64, NodeKind::Dir as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
     }
 
@@ -1426,6 +1447,24 @@ mod tests {
             target: None,
             rdev,
         }
+    }
+
+    #[test]
+    fn nearest_policy_is_the_innermost_directory_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        let a = m.create(ROOT_INO, b"a", new(NodeKind::Dir, 0)).unwrap();
+        let b = m.create(a.ino, b"b", new(NodeKind::Dir, 0)).unwrap();
+        let c = m.create(b.ino, b"c", new(NodeKind::Dir, 0)).unwrap();
+        assert_eq!(m.nearest_policy(c.ino).unwrap(), None);
+        m.set_policy(ROOT_INO, Some("root")).unwrap();
+        assert_eq!(m.nearest_policy(c.ino).unwrap().as_deref(), Some("root"));
+        m.set_policy(a.ino, Some("a")).unwrap();
+        assert_eq!(m.nearest_policy(c.ino).unwrap().as_deref(), Some("a"));
+        assert_eq!(m.nearest_policy(b.ino).unwrap().as_deref(), Some("a"));
+        m.set_policy(c.ino, Some("c")).unwrap();
+        assert_eq!(m.nearest_policy(c.ino).unwrap().as_deref(), Some("c"));
+        assert_eq!(m.nearest_policy(ROOT_INO).unwrap().as_deref(), Some("root"));
     }
 
     #[test]
