@@ -8,8 +8,9 @@ use std::os::unix::fs::FileExt;
 use fuse_common::*;
 use rand::{Rng, SeedableRng};
 
-/// Segment size of the objects this build writes.
-const SEGMENT: usize = 1 << space::pipeline::chunk_codec::SEGMENT_SHIFT;
+/// Sealed segment size of the objects this build writes, and the plaintext each holds.
+const STRIDE: usize = 1 << space::pipeline::chunk_codec::SEGMENT_SHIFT;
+const SEGMENT: usize = STRIDE - 16;
 
 #[test]
 fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
@@ -31,8 +32,13 @@ fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
         let located = space.store.meta.chunk_location(&e.chunk).unwrap().unwrap();
         let loc = located.loc.expect("a 16 MiB put is packed");
         let within = (target - e.offset) as usize;
-        // Header 12 + nonce 12, then sealed segments of SEGMENT + 16 bytes.
-        let at = 24 + (within / SEGMENT) * (SEGMENT + 16) + within % SEGMENT;
+        // Header 12 + nonce 12, then sealed segments of STRIDE bytes, page-aligned in the pack.
+        let at = 24 + (within / SEGMENT) * STRIDE + within % SEGMENT;
+        assert_eq!(
+            (loc.offset + 24) % 4096,
+            0,
+            "segments start on a page boundary"
+        );
         let pack = s
             .store
             .join("packs")

@@ -69,8 +69,10 @@ fn gc_rewrites_mostly_dead_packs_and_keeps_live_data() {
         assert_eq!(common::read_capsule(&space, &format!("/f{i}")), data[i]);
     }
     let report = space.fsck(&|_, _| {}).unwrap();
+    // What is left is the padding that puts each segmented object's segments on page
+    // boundaries (less than a page per object).
     assert!(
-        !report.damaged() && report.dead_pack_bytes == 0,
+        !report.damaged() && report.dead_pack_bytes < 4096 * report.chunks_checked,
         "{report:?}"
     );
 

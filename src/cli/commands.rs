@@ -510,7 +510,7 @@ fn fsck(space: &Space) -> Result<i32> {
     );
     if report.dead_pack_bytes > 0 {
         println!(
-            "{} in pack files belong to no live chunk (gc rewrites packs that are mostly dead)",
+            "{} in pack files belong to no live chunk or align segments to pages (gc rewrites packs that are mostly dead)",
             human_bytes(report.dead_pack_bytes)
         );
     }

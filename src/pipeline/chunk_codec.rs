@@ -13,8 +13,8 @@
 //! ```
 //!
 //! Version 2 (format-3 stores, encrypted objects only) seals the payload in segments of
-//! 2^k bytes (k in byte 6) so a small read can authenticate and decrypt only the segments it
-//! needs: `header ‖ nonce base ‖ (segment_0 ‖ tag_0) ‖ … ‖ (segment_n-1 ‖ tag_n-1)`, segment i
+//! 2^k - 16 bytes, each 2^k bytes sealed (k in byte 6), so a small read can authenticate and
+//! decrypt only the segments it needs: `header ‖ nonce base ‖ (segment_0 ‖ tag_0) ‖ … ‖ (segment_n-1 ‖ tag_n-1)`, segment i
 //! sealed under the base nonce with its last four bytes XORed with i (LE) and AAD = header ‖
 //! chunk id ‖ i (LE u32) ‖ n (LE u32). docs/FORMAT.md 4.2.
 
@@ -31,11 +31,12 @@ pub const VERSION: u8 = 1;
 /// Object version with the payload sealed in segments (random reads decrypt only what they
 /// need).
 pub const VERSION_SEGMENTED: u8 = 2;
-/// log2 of the segment size written in version-2 objects. 8 KiB: a 4 KiB random read then
-/// reads and authenticates 8-16 KiB instead of a whole ~256 KiB chunk, while a whole-chunk
-/// decode pays 32 AEAD calls per 256 KiB (4 KiB segments: 12 KiB per random read but 3.5%
-/// slower whole decodes; 16 KiB: 16-32 KiB per random read; benches/primitives.rs).
-pub const SEGMENT_SHIFT: u8 = 13;
+/// log2 of the sealed segment size written in version-2 objects: 4 KiB, of which 4080 bytes
+/// plaintext and 16 tag. Writers store the segments page-aligned in packs, so a 4 KiB random
+/// read reads two whole pages (the most a 4 KiB block cipher file system such as gocryptfs
+/// reads), and authenticates 8 KiB instead of a whole ~256 KiB chunk; a whole-chunk decode pays
+/// 64 AEAD calls per 256 KiB (benches/primitives.rs).
+pub const SEGMENT_SHIFT: u8 = 12;
 /// Segment sizes a reader accepts (2^12 to 2^24 bytes).
 const SEGMENT_SHIFTS: std::ops::RangeInclusive<u8> = 12..=24;
 const FLAG_ZSTD: u8 = 1;
@@ -223,6 +224,13 @@ fn check_version(object: &[u8]) -> Result<Option<u8>, DecodeError> {
     }
 }
 
+/// Plaintext bytes per segment of a version-2 object with byte 6 = `shift`: each sealed
+/// segment (ciphertext and tag) is exactly 2^shift bytes, so segments stored at a page-aligned
+/// offset occupy whole pages.
+pub const fn segment_plain_len(shift: u8) -> usize {
+    (1usize << shift) - TAG_LEN
+}
+
 /// Nonce of segment `i`: the object's base nonce with its last four bytes XORed with i.
 fn segment_nonce(base: &[u8; NONCE_LEN], i: u32) -> [u8; NONCE_LEN] {
     let mut n = *base;
@@ -245,8 +253,8 @@ struct Segments {
 
 impl Segments {
     fn new(shift: u8, sealed: usize) -> Result<Segments, DecodeError> {
-        let len = 1usize << shift;
-        let stride = len + TAG_LEN;
+        let stride = 1usize << shift;
+        let len = stride - TAG_LEN;
         let count = sealed.div_ceil(stride).max(1);
         let last = sealed - (count - 1) * stride;
         if last < TAG_LEN {
@@ -274,7 +282,7 @@ impl Segments {
 
 /// Seals `body` after `header` as version 2: base nonce, then each segment with its tag.
 fn seal_segments(keys: &DataKeys, mut out: Vec<u8>, aad: &[u8], body: &[u8]) -> Vec<u8> {
-    let len = 1usize << SEGMENT_SHIFT;
+    let len = segment_plain_len(SEGMENT_SHIFT);
     let count = body.len().div_ceil(len).max(1);
     let mut base = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut base);
@@ -609,7 +617,7 @@ mod tests {
     #[test]
     fn segmented_objects_round_trip_at_every_size_and_catch_tampering() {
         let keys = DataKeys::new(&MasterKey::generate());
-        let seg = 1usize << SEGMENT_SHIFT;
+        let seg = segment_plain_len(SEGMENT_SHIFT);
         for len in [0, 1, seg - 1, seg, seg + 1, 3 * seg, 256 * 1024 + 5] {
             let mut data = vec![0u8; len];
             rand::rngs::OsRng.fill_bytes(&mut data);
@@ -651,7 +659,7 @@ mod tests {
     #[test]
     fn partial_reads_open_only_the_segments_they_need() {
         let keys = DataKeys::new(&MasterKey::generate());
-        let seg = 1usize << SEGMENT_SHIFT;
+        let seg = segment_plain_len(SEGMENT_SHIFT);
         let mut data = vec![0u8; 5 * seg + 123];
         rand::rngs::OsRng.fill_bytes(&mut data);
         let id = chunk_id(&keys, segmented(), &data, None);

@@ -407,11 +407,14 @@ fn store_chunk(
             inline: Some(object),
         });
     }
-    let loc = store
-        .chunks
-        .put(&id, &object)
-        .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
-    let head = chunk_codec::segmented_head_len(&object).and_then(|n| ObjectHead::new(&object[..n]));
+    // Segments of a segmented object go page-aligned into the pack (whole-page partial reads).
+    let head_len = chunk_codec::segmented_head_len(&object);
+    let loc = match head_len {
+        Some(n) => store.chunks.put_aligned(&id, &object, n),
+        None => store.chunks.put(&id, &object),
+    }
+    .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
+    let head = head_len.and_then(|n| ObjectHead::new(&object[..n]));
     Ok(Done {
         seq: job.seq,
         chunk: ContentChunk {

@@ -18,7 +18,8 @@ pub struct FsckReport {
     pub bad_chunks: Vec<(ChunkId, String, Vec<String>)>,
     /// Loose objects no metadata references (left by interrupted writes; gc removes them).
     pub orphan_objects: u64,
-    /// Bytes in pack files that no live chunk uses (gc repacks packs that are mostly dead).
+    /// Bytes in pack files that no live chunk uses, alignment padding included (gc repacks
+    /// packs that are mostly dead).
     pub dead_pack_bytes: u64,
 }
 
@@ -192,10 +193,12 @@ impl Space {
                     let bytes = chunks
                         .get(&id, Some(loc), len)
                         .map_err(io(&format!("reading chunk {id} to repack")))?;
-                    if let Some(new) = chunks
-                        .put(&id, &bytes)
-                        .map_err(io(&format!("repacking chunk {id}")))?
-                    {
+                    // Segmented objects stay page-aligned (see write_path::store_chunk).
+                    let put = match crate::pipeline::chunk_codec::segmented_head_len(&bytes) {
+                        Some(n) => chunks.put_aligned(&id, &bytes, n),
+                        None => chunks.put(&id, &bytes),
+                    };
+                    if let Some(new) = put.map_err(io(&format!("repacking chunk {id}")))? {
                         moves.push((id, new));
                     }
                 }

@@ -23,6 +23,18 @@ pub struct PackLoc {
 pub trait ChunkBackend: Send + Sync {
     /// Stores an object; returns its pack location, or None if it is addressed by id alone.
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> std::io::Result<Option<PackLoc>>;
+    /// [`ChunkBackend::put`], asking that byte `align_at` of the object land on a 4 KiB
+    /// boundary of its pack (segmented objects: their segments then occupy whole pages, so a
+    /// small read of one reads whole pages only). Backends without packs ignore the hint.
+    fn put_aligned(
+        &self,
+        id: &ChunkId,
+        bytes: &[u8],
+        align_at: usize,
+    ) -> std::io::Result<Option<PackLoc>> {
+        let _ = align_at;
+        self.put(id, bytes)
+    }
     /// Reads an object of `len` bytes: at `loc` if packed, else by id.
     fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<Vec<u8>>;
     /// Reads bytes `range` of an object of `len` bytes (for partial reads of segmented

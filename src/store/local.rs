@@ -28,6 +28,8 @@ use super::backend::{ChunkBackend, PackLoc};
 /// Magic of a pack record header: `"SPKR" ‖ u32le(object length) ‖ chunk id (32 bytes)`.
 pub const PACK_RECORD_MAGIC: &[u8; 4] = b"SPKR";
 pub const PACK_RECORD_HEADER: u64 = 40;
+/// Page size segmented objects' segments are aligned to in packs.
+pub const PACK_ALIGN: u64 = 4096;
 /// A pack is closed and a new one started past this size.
 const PACK_LIMIT: u64 = 64 << 20;
 /// Start writeback of a pack's dirty range once this much was appended since the last start.
@@ -181,31 +183,56 @@ impl LocalBackend {
     }
 
     /// Reserves room for a record in the active pack (rolling over to a new one when full).
-    fn reserve(&self, dir: &Path, record: u64) -> io::Result<(Arc<ActivePack>, u64)> {
+    /// Reserves `record` bytes at the end of the active pack (or a new one), starting where
+    /// byte `phase` of the record lands on a [`PACK_ALIGN`] boundary if `phase` is given.
+    /// Returns the pack, where the padding before the record starts, and the record offset:
+    /// the caller writes zeros in between (dead space, docs/FORMAT.md 4.2; written rather than
+    /// left as a hole, which would split the file's extents and its sequential reads).
+    fn reserve(
+        &self,
+        dir: &Path,
+        record: u64,
+        phase: Option<u64>,
+    ) -> io::Result<(Arc<ActivePack>, u64, u64)> {
+        let aligned = |at: u64| match phase {
+            Some(ph) => at + (PACK_ALIGN - (at + ph) % PACK_ALIGN) % PACK_ALIGN,
+            None => at,
+        };
         let mut active = plock(&self.active);
         if let Some(p) = active.as_ref() {
-            let at = p.len.load(Ordering::Relaxed);
-            if at == 0 || at + record <= PACK_LIMIT {
+            let end = p.len.load(Ordering::Relaxed);
+            let at = aligned(end);
+            if end == 0 || at + record <= PACK_LIMIT {
                 p.len.store(at + record, Ordering::Relaxed);
-                return Ok((Arc::clone(p), at));
+                return Ok((Arc::clone(p), end, at));
             }
         }
         let p = self.new_pack(dir)?;
-        p.len.store(record, Ordering::Relaxed);
+        let at = aligned(0);
+        p.len.store(at + record, Ordering::Relaxed);
         *active = Some(Arc::clone(&p));
-        Ok((p, 0))
+        Ok((p, 0, at))
     }
 
-    fn put_packed(&self, dir: &Path, id: &ChunkId, bytes: &[u8]) -> io::Result<PackLoc> {
+    fn put_packed(
+        &self,
+        dir: &Path,
+        id: &ChunkId,
+        bytes: &[u8],
+        align_at: Option<usize>,
+    ) -> io::Result<PackLoc> {
         let record = PACK_RECORD_HEADER + bytes.len() as u64;
-        let (pack, at) = self.reserve(dir, record)?;
+        let phase = align_at.map(|a| PACK_RECORD_HEADER + a as u64);
+        let (pack, pad_from, at) = self.reserve(dir, record, phase)?;
         plock(&self.dirty_packs).insert(pack.id, Arc::clone(&pack));
-        let mut buf = Vec::with_capacity(record as usize);
+        let pad = (at - pad_from) as usize;
+        let mut buf = Vec::with_capacity(pad + record as usize);
+        buf.resize(pad, 0);
         buf.extend_from_slice(PACK_RECORD_MAGIC);
         buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         buf.extend_from_slice(&id.0);
         buf.extend_from_slice(bytes);
-        pack.file.write_all_at(&buf, at)?;
+        pack.file.write_all_at(&buf, pad_from)?;
         // Start writeback early (asynchronously), so the sync before the commit is short.
         let end = at + record;
         let from = pack.flushed_to.load(Ordering::Relaxed);
@@ -302,7 +329,19 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 impl ChunkBackend for LocalBackend {
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<Option<PackLoc>> {
         match &self.packs_dir {
-            Some(dir) => self.put_packed(dir, id, bytes).map(Some),
+            Some(dir) => self.put_packed(dir, id, bytes, None).map(Some),
+            None => self.put_loose(id, bytes).map(|_| None),
+        }
+    }
+
+    fn put_aligned(
+        &self,
+        id: &ChunkId,
+        bytes: &[u8],
+        align_at: usize,
+    ) -> io::Result<Option<PackLoc>> {
+        match &self.packs_dir {
+            Some(dir) => self.put_packed(dir, id, bytes, Some(align_at)).map(Some),
             None => self.put_loose(id, bytes).map(|_| None),
         }
     }
