@@ -142,6 +142,23 @@ assert open('{m}/in/big','rb').read()==open('{t}/model','rb').read()
         "{listed}"
     );
     sh(&format!("setfattr -x user.color {m}/a"));
+    // security.* (as root): none at first (answered without a metadata query), then stored.
+    if unsafe { libc::geteuid() } == 0 {
+        let none = Command::new("getfattr")
+            .args(["-n", "security.capability"])
+            .arg(s.mnt.join("a"))
+            .output()
+            .unwrap();
+        assert!(!none.status.success(), "no security.capability yet");
+        sh(&format!("setfattr -n security.test -v one {m}/a"));
+        assert_eq!(
+            sh_out(&format!("getfattr -n security.test --only-values {m}/a")),
+            "one"
+        );
+        sh(&format!(
+            "echo more >> {m}/a && setfattr -x security.test {m}/a"
+        ));
+    }
 
     // /.space: raw view, stats; hidden from the root listing.
     assert_eq!(

@@ -170,6 +170,11 @@ pub struct SpaceFs {
     pub(crate) cached_versions: Mutex<HashMap<Ino, u64>>,
     chains: Mutex<HashMap<String, Chains>>,
     spill_dir: PathBuf,
+    /// Some node may have a `security.*` extended attribute (checked at mount, set by any
+    /// setxattr of one here). While false, `security.capability` lookups — one per write(2)
+    /// — are answered without a metadata query. A `security.*` attribute set by another
+    /// mount of the same store shows up here at the next mount.
+    pub(crate) security_xattrs: std::sync::atomic::AtomicBool,
 }
 
 impl SpaceFs {
@@ -193,6 +198,7 @@ impl SpaceFs {
             .spill_dir
             .clone()
             .unwrap_or_else(|| space.store.dir.clone());
+        let security_xattrs = space.store.meta.any_xattr_with_prefix("security.")?;
         if !opts.durable_commits && !opts.read_only {
             space.store.meta.set_durable_commits(false)?;
             spawn_syncer(Arc::downgrade(&space.store.meta));
@@ -208,6 +214,7 @@ impl SpaceFs {
             cached_versions: Mutex::new(HashMap::new()),
             chains: Mutex::new(HashMap::new()),
             spill_dir,
+            security_xattrs: std::sync::atomic::AtomicBool::new(security_xattrs),
         })
     }
 

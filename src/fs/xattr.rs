@@ -3,6 +3,8 @@
 //! `user.space.provenance` shows which modules produced the bytes (read-only).
 //! `system.*` (POSIX ACLs) is not supported.
 
+use std::sync::atomic::Ordering;
+
 use super::inode_table::{InoKind, classify};
 use super::{FsResult, SpaceFs, errno};
 use crate::policy::Policy;
@@ -65,6 +67,14 @@ impl SpaceFs {
     }
 
     pub fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        // The kernel asks for security.capability before every write(2) to a file; while no
+        // security.* attribute exists, answer without touching the metadata.
+        if name.starts_with("security.")
+            && !self.security_xattrs.load(Ordering::Relaxed)
+            && matches!(classify(ino), InoKind::Store(_))
+        {
+            return Err(libc::ENODATA);
+        }
         if name == PROVENANCE_XATTR {
             return self
                 .provenance(ino)?
@@ -120,6 +130,10 @@ impl SpaceFs {
                 stored_namespace(name)?;
                 if name.len() > 255 {
                     return Err(libc::ERANGE);
+                }
+                if name.starts_with("security.") {
+                    // Before the write, so no reader can miss it.
+                    self.security_xattrs.store(true, Ordering::Relaxed);
                 }
                 if flags & (XATTR_CREATE | XATTR_REPLACE) != 0 {
                     let exists = self

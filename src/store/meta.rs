@@ -392,6 +392,8 @@ pub trait MetaStore: Send + Sync {
     fn has_chunk(&self, id: &ChunkId) -> Result<bool>;
 
     fn get_xattr(&self, ino: Ino, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Whether any node has an extended attribute whose name starts with `prefix`.
+    fn any_xattr_with_prefix(&self, prefix: &str) -> Result<bool>;
     fn set_xattr(&self, ino: Ino, name: &str, value: &[u8]) -> Result<()>;
     fn list_xattr(&self, ino: Ino) -> Result<Vec<String>>;
     fn remove_xattr(&self, ino: Ino, name: &str) -> Result<bool>;

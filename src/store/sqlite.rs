@@ -1077,6 +1077,15 @@ impl MetaStore for SqliteMeta {
         })
     }
 
+    fn any_xattr_with_prefix(&self, prefix: &str) -> Result<bool> {
+        self.read(|c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM xattrs WHERE substr(name, 1, ?2) = ?1 LIMIT 1")?
+                    .exists(params![prefix, prefix.len() as i64])?,
+            )
+        })
+    }
+
     fn get_xattr(&self, ino: Ino, name: &str) -> Result<Option<Vec<u8>>> {
         self.read(|c| {
             Ok(row(
