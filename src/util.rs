@@ -65,3 +65,23 @@ pub fn utc_string(t: crate::store::meta::TimeNs, sep: char) -> String {
         rem % 60
     )
 }
+
+/// Runs `tick` on `target` every `every` on a thread of its own, until `target` is dropped
+/// (background upkeep that must not keep what it maintains alive).
+pub fn spawn_periodic<T: ?Sized + Send + Sync + 'static>(
+    name: &str,
+    every: std::time::Duration,
+    target: std::sync::Weak<T>,
+    tick: impl Fn(&T) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(t) = target.upgrade() else { return };
+                tick(&t);
+            }
+        })
+        .map(|_| ())
+}

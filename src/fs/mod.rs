@@ -282,17 +282,11 @@ impl SpaceFs {
 
 /// Makes relaxed commits durable every [`SYNC_INTERVAL`] until the store is dropped.
 fn spawn_syncer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
-    let spawned = std::thread::Builder::new()
-        .name("spacefs-sync".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(SYNC_INTERVAL);
-                let Some(meta) = meta.upgrade() else { return };
-                if let Err(e) = meta.sync() {
-                    log::error!("periodic metadata sync failed: {e}");
-                }
-            }
-        });
+    let spawned = crate::util::spawn_periodic("spacefs-sync", SYNC_INTERVAL, meta, |meta| {
+        if let Err(e) = meta.sync() {
+            log::error!("periodic metadata sync failed: {e}");
+        }
+    });
     if let Err(e) = spawned {
         log::error!("cannot start the metadata sync thread: {e}; syncing on fsync only");
     }

@@ -278,6 +278,40 @@ impl Segments {
         aad.extend_from_slice(&i.to_le_bytes());
         aad.extend_from_slice(&self.count.to_le_bytes());
     }
+
+    /// Authenticates and decrypts `segments`, whose sealed bytes start at `buf[at..]`, in
+    /// place, moving each plaintext down over the bytes (tags, header) before it; `buf` ends
+    /// up holding exactly their plaintext. `aad` is the object's header ‖ chunk id.
+    fn open(
+        &self,
+        keys: &DataKeys,
+        aad: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        segments: std::ops::Range<u32>,
+        buf: &mut Vec<u8>,
+        at: usize,
+    ) -> Result<(), DecodeError> {
+        let base = self.stored_range(segments.start).start;
+        let mut seg_aad = Vec::with_capacity(aad.len() + 8);
+        let mut plain_len = 0;
+        for i in segments {
+            let r = self.stored_range(i);
+            let (s, e) = (at + r.start - base, at + r.end - base);
+            if e > buf.len() {
+                return Err(DecodeError::Malformed("truncated segment"));
+            }
+            seg_aad.clear();
+            seg_aad.extend_from_slice(aad);
+            self.extend_aad(&mut seg_aad, i);
+            let n = keys
+                .open_in_place(&segment_nonce(nonce, i), &seg_aad, &mut buf[s..e])
+                .map_err(|_| DecodeError::Auth)?;
+            buf.copy_within(s..s + n, plain_len);
+            plain_len += n;
+        }
+        buf.truncate(plain_len);
+        Ok(())
+    }
 }
 
 /// Seals `body` after `header` as version 2: base nonce, then each segment with its tag.
@@ -314,12 +348,18 @@ pub fn segmented_head_len(object: &[u8]) -> Option<usize> {
     if object.len() < FIXED_HEADER || &object[..4] != MAGIC || object[4] != VERSION_SEGMENTED {
         return None;
     }
-    let salt = if object[5] & FLAG_SALTED != 0 {
-        SALT_LEN
-    } else {
-        0
-    };
-    Some(FIXED_HEADER + salt + NONCE_LEN).filter(|&n| n <= object.len())
+    Some(header_len(object[5]) + NONCE_LEN).filter(|&n| n <= object.len())
+}
+
+/// Length of the header (fixed part and salt) of an object with these flags: where its
+/// nonce starts.
+fn header_len(flags: u8) -> usize {
+    FIXED_HEADER
+        + if flags & FLAG_SALTED != 0 {
+            SALT_LEN
+        } else {
+            0
+        }
 }
 
 /// A version-2 object's header as a partial reader sees it: enough to find, authenticate and
@@ -355,12 +395,7 @@ impl SegmentedObject {
         if flags & FLAG_ZSTD != 0 {
             return Ok(None);
         }
-        let pos = FIXED_HEADER
-            + if flags & FLAG_SALTED != 0 {
-                SALT_LEN
-            } else {
-                0
-            };
+        let pos = header_len(flags);
         let sealed_at = pos + NONCE_LEN;
         if head.len() < sealed_at || stored_len < sealed_at + TAG_LEN {
             return Err(DecodeError::Malformed("truncated header"));
@@ -407,25 +442,8 @@ impl SegmentedObject {
         segments: std::ops::Range<u32>,
         mut sealed: Vec<u8>,
     ) -> Result<Vec<u8>, DecodeError> {
-        let base = self.layout.stored_range(segments.start).start;
-        let mut aad = Vec::with_capacity(self.aad.len() + 8);
-        let mut plain_len = 0;
-        for i in segments {
-            let r = self.layout.stored_range(i);
-            let (s, e) = (r.start - base, r.end - base);
-            if e > sealed.len() {
-                return Err(DecodeError::Malformed("truncated segment"));
-            }
-            aad.clear();
-            aad.extend_from_slice(&self.aad);
-            self.layout.extend_aad(&mut aad, i);
-            let n = keys
-                .open_in_place(&segment_nonce(&self.nonce, i), &aad, &mut sealed[s..e])
-                .map_err(|_| DecodeError::Auth)?;
-            sealed.copy_within(s..s + n, plain_len);
-            plain_len += n;
-        }
-        sealed.truncate(plain_len);
+        self.layout
+            .open(keys, &self.aad, &self.nonce, segments, &mut sealed, 0)?;
         Ok(sealed)
     }
 
@@ -467,28 +485,9 @@ pub fn decode(keys: &DataKeys, id: &ChunkId, mut object: Vec<u8>) -> Result<Vec<
         aad.extend_from_slice(&id.0);
         match segment_shift {
             Some(shift) => {
-                // Each segment is opened in place and moved down over the header and the tags
-                // before it, so the buffer becomes the body without a separate pass.
+                // The body replaces the header in the buffer (no separate pass to drop it).
                 let layout = Segments::new(shift, object.len() - sealed_at)?;
-                let mut seg_aad = Vec::with_capacity(aad.len() + 8);
-                let mut body_len = 0;
-                for i in 0..layout.count {
-                    let r = layout.stored_range(i);
-                    seg_aad.clear();
-                    seg_aad.extend_from_slice(&aad);
-                    layout.extend_aad(&mut seg_aad, i);
-                    let at = sealed_at + r.start;
-                    let n = keys
-                        .open_in_place(
-                            &segment_nonce(&nonce, i),
-                            &seg_aad,
-                            &mut object[at..sealed_at + r.end],
-                        )
-                        .map_err(|_| DecodeError::Auth)?;
-                    object.copy_within(at..at + n, body_len);
-                    body_len += n;
-                }
-                object.truncate(body_len);
+                layout.open(keys, &aad, &nonce, 0..layout.count, &mut object, sealed_at)?;
                 0
             }
             None => {

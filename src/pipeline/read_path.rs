@@ -340,10 +340,11 @@ pub fn load_chunk_at(
     })
 }
 
-/// Reads plaintext bytes `[offset, offset + len)` of a chunk by authenticating and decrypting
-/// only the segments holding them (object version 2, uncompressed payload). `None` when the
-/// object cannot be read in part (inline, loose, version 1, compressed, or moved by a gc):
-/// the caller reads it whole. The bytes are authenticated (AES-GCM, bound to the chunk id,
+/// Reads plaintext bytes `[offset, offset + out.len())` of a chunk into `out` by
+/// authenticating and decrypting only the segments holding them (object version 2,
+/// uncompressed payload); returns how many bytes the chunk had there. `None` when the object
+/// cannot be read in part (inline, loose, version 1, compressed, or moved by a gc): the
+/// caller reads it whole. The bytes are authenticated (AES-GCM, bound to the chunk id,
 /// the segment's position and the segment count) but the chunk id is not recomputed, which
 /// needs the whole chunk: reads of whole chunks, `get` and fsck do that.
 pub fn load_chunk_part(
@@ -351,9 +352,10 @@ pub fn load_chunk_part(
     cache: &ChunkCache,
     id: &ChunkId,
     offset: usize,
-    len: usize,
+    out: &mut [u8],
     context: &dyn Fn() -> String,
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<usize>> {
+    let len = out.len();
     let integrity = |reason: String| SpaceError::Integrity {
         context: context(),
         chunk: *id,
@@ -416,7 +418,8 @@ pub fn load_chunk_part(
             return Err(integrity("range past the end of the chunk".into()));
         }
         cache.partial_reads.fetch_add(1, Ordering::Relaxed);
-        return Ok(Some(plain[from..to].to_vec()));
+        out[..to - from].copy_from_slice(&plain[from..to]);
+        return Ok(Some(to - from));
     }
 }
 
@@ -632,13 +635,13 @@ impl CapsuleReader {
             // A small read out of sequence: authenticate and decrypt just the segments under
             // it instead of the whole chunk (unless the chunk is decoded already).
             if self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk) {
-                let part = load_chunk_part(store, &self.cache, &e.chunk, within, want, &|| {
+                let out = &mut buf[done..done + want];
+                let part = load_chunk_part(store, &self.cache, &e.chunk, within, out, &|| {
                     format!("{name}, chunk at offset {}", e.offset)
                 })?;
-                if let Some(bytes) = part {
-                    buf[done..done + bytes.len()].copy_from_slice(&bytes);
-                    done += bytes.len();
-                    if bytes.len() < want {
+                if let Some(n) = part {
+                    done += n;
+                    if n < want {
                         return Err(SpaceError::Integrity {
                             context: format!("{name} at offset {pos}"),
                             chunk: e.chunk,

@@ -407,14 +407,9 @@ fn store_chunk(
             inline: Some(object),
         });
     }
-    // Segments of a segmented object go page-aligned into the pack (whole-page partial reads).
-    let head_len = chunk_codec::segmented_head_len(&object);
-    let loc = match head_len {
-        Some(n) => store.chunks.put_aligned(&id, &object, n),
-        None => store.chunks.put(&id, &object),
-    }
-    .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
-    let head = head_len.and_then(|n| ObjectHead::new(&object[..n]));
+    let loc = put_object(store.chunks.as_ref(), &id, &object)
+        .map_err(|e| SpaceError::io(format!("writing chunk {id}"), e))?;
+    let head = chunk_codec::segmented_head_len(&object).and_then(|n| ObjectHead::new(&object[..n]));
     Ok(Done {
         seq: job.seq,
         chunk: ContentChunk {
@@ -426,6 +421,19 @@ fn store_chunk(
         reused: false,
         inline: None,
     })
+}
+
+/// Stores an encoded object; a segmented object's segments go page-aligned into its pack, so
+/// partial reads read whole pages (docs/FORMAT.md 4.2).
+pub(crate) fn put_object(
+    chunks: &dyn crate::store::ChunkBackend,
+    id: &ChunkId,
+    object: &[u8],
+) -> std::io::Result<Option<crate::store::PackLoc>> {
+    match chunk_codec::segmented_head_len(object) {
+        Some(n) => chunks.put_aligned(id, object, n),
+        None => chunks.put(id, object),
+    }
 }
 
 #[cfg(test)]

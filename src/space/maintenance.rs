@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use super::Space;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::read_path::load_chunk;
+use crate::pipeline::write_path::put_object;
 use crate::store::meta::MetaProblem;
 use crate::store::{ChunkId, LockMode};
 
@@ -193,12 +194,9 @@ impl Space {
                     let bytes = chunks
                         .get(&id, Some(loc), len)
                         .map_err(io(&format!("reading chunk {id} to repack")))?;
-                    // Segmented objects stay page-aligned (see write_path::store_chunk).
-                    let put = match crate::pipeline::chunk_codec::segmented_head_len(&bytes) {
-                        Some(n) => chunks.put_aligned(&id, &bytes, n),
-                        None => chunks.put(&id, &bytes),
-                    };
-                    if let Some(new) = put.map_err(io(&format!("repacking chunk {id}")))? {
+                    if let Some(new) = put_object(chunks.as_ref(), &id, &bytes)
+                        .map_err(io(&format!("repacking chunk {id}")))?
+                    {
                         moves.push((id, new));
                     }
                 }

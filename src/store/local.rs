@@ -53,7 +53,7 @@ pub struct LocalBackend {
     new_pack: AtomicBool,
     readers: Mutex<LruCache<u64, Arc<File>>>,
     /// Pack descriptors for partial reads, opened with POSIX_FADV_RANDOM: no read-ahead, so
-    /// a 16 KiB segment read reads 16 KiB (the sequential readers keep theirs).
+    /// reading two 4 KiB segments reads two pages (the sequential readers keep theirs).
     random_readers: Mutex<LruCache<u64, Arc<File>>>,
 }
 
@@ -182,7 +182,6 @@ impl LocalBackend {
         }
     }
 
-    /// Reserves room for a record in the active pack (rolling over to a new one when full).
     /// Reserves `record` bytes at the end of the active pack (or a new one), starting where
     /// byte `phase` of the record lands on a [`PACK_ALIGN`] boundary if `phase` is given.
     /// Returns the pack, where the padding before the record starts, and the record offset:
@@ -258,6 +257,19 @@ impl LocalBackend {
         })
     }
 
+    /// Appends to a pack (format 2 and later) or writes a loose object (format 1).
+    fn put_object(
+        &self,
+        id: &ChunkId,
+        bytes: &[u8],
+        align_at: Option<usize>,
+    ) -> io::Result<Option<PackLoc>> {
+        match &self.packs_dir {
+            Some(dir) => self.put_packed(dir, id, bytes, align_at).map(Some),
+            None => self.put_loose(id, bytes).map(|_| None),
+        }
+    }
+
     fn reader(&self, pack: u64) -> io::Result<Arc<File>> {
         self.cached_reader(&self.readers, pack, None)
     }
@@ -328,10 +340,7 @@ fn fsync_dir(p: &Path) -> io::Result<()> {
 
 impl ChunkBackend for LocalBackend {
     fn put(&self, id: &ChunkId, bytes: &[u8]) -> io::Result<Option<PackLoc>> {
-        match &self.packs_dir {
-            Some(dir) => self.put_packed(dir, id, bytes, None).map(Some),
-            None => self.put_loose(id, bytes).map(|_| None),
-        }
+        self.put_object(id, bytes, None)
     }
 
     fn put_aligned(
@@ -340,10 +349,7 @@ impl ChunkBackend for LocalBackend {
         bytes: &[u8],
         align_at: usize,
     ) -> io::Result<Option<PackLoc>> {
-        match &self.packs_dir {
-            Some(dir) => self.put_packed(dir, id, bytes, Some(align_at)).map(Some),
-            None => self.put_loose(id, bytes).map(|_| None),
-        }
+        self.put_object(id, bytes, Some(align_at))
     }
 
     fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> io::Result<Vec<u8>> {

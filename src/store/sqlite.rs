@@ -211,31 +211,32 @@ impl SqliteMeta {
 /// Columns added to schema version 1 after its first release (`CREATE TABLE IF NOT EXISTS`
 /// does not add them to an existing table). Each has a default, so older rows stay valid.
 fn add_missing_columns(c: &Connection) -> Result<()> {
-    let has_rdev = c
-        .prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name='rdev'")?
-        .exists([])?;
-    if !has_rdev {
-        c.execute_batch("ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0")?;
-    }
-    let has_provenance = c
-        .prepare("SELECT 1 FROM pragma_table_info('nodes') WHERE name='provenance'")?
-        .exists([])?;
-    if !has_provenance {
-        c.execute_batch("ALTER TABLE nodes ADD COLUMN provenance TEXT")?;
-    }
-    let has_pack = c
-        .prepare("SELECT 1 FROM pragma_table_info('chunks') WHERE name='pack'")?
-        .exists([])?;
-    if !has_pack {
-        c.execute_batch(
-            "ALTER TABLE chunks ADD COLUMN pack INTEGER; ALTER TABLE chunks ADD COLUMN pack_offset INTEGER",
-        )?;
-    }
-    let has_head = c
-        .prepare("SELECT 1 FROM pragma_table_info('chunks') WHERE name='head'")?
-        .exists([])?;
-    if !has_head {
-        c.execute_batch("ALTER TABLE chunks ADD COLUMN head BLOB")?;
+    const ADDED: &[(&str, &str, &str)] = &[
+        (
+            "nodes",
+            "rdev",
+            "ALTER TABLE nodes ADD COLUMN rdev INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "nodes",
+            "provenance",
+            "ALTER TABLE nodes ADD COLUMN provenance TEXT",
+        ),
+        (
+            "chunks",
+            "pack",
+            "ALTER TABLE chunks ADD COLUMN pack INTEGER; \
+             ALTER TABLE chunks ADD COLUMN pack_offset INTEGER",
+        ),
+        ("chunks", "head", "ALTER TABLE chunks ADD COLUMN head BLOB"),
+    ];
+    for (table, column, add) in ADDED {
+        let present = c
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name=?2")?
+            .exists([table, column])?;
+        if !present {
+            c.execute_batch(add)?;
+        }
     }
     Ok(())
 }
@@ -506,6 +507,15 @@ fn is_ancestor(c: &Connection, ancestor: Ino, mut ino: Ino) -> Result<bool> {
             None => return Ok(false),
         }
     }
+}
+
+/// `offset, length, chunk` columns of an extent row.
+fn extent_from_row(r: &Row) -> rusqlite::Result<Extent> {
+    Ok(Extent {
+        offset: r.get::<_, i64>(0)? as u64,
+        len: r.get::<_, i64>(1)? as u32,
+        chunk: chunk_id_from(r.get(2)?),
+    })
 }
 
 /// `stored_len, pack, pack_offset, inline object, head` columns from `at` on.
@@ -1027,13 +1037,10 @@ impl MetaStore for SqliteMeta {
                    COALESCE((SELECT MAX(offset) FROM extents WHERE ino=?1 AND offset <= ?2), 0)
                  ORDER BY offset LIMIT ?3",
             )?;
-            let rows = st.query_map(params![ino as i64, offset as i64, limit as i64], |r| {
-                Ok(Extent {
-                    offset: r.get::<_, i64>(0)? as u64,
-                    len: r.get::<_, i64>(1)? as u32,
-                    chunk: chunk_id_from(r.get(2)?),
-                })
-            })?;
+            let rows = st.query_map(
+                params![ino as i64, offset as i64, limit as i64],
+                extent_from_row,
+            )?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -1055,11 +1062,7 @@ impl MetaStore for SqliteMeta {
                  ORDER BY e.offset LIMIT ?3",
             )?;
             let rows = st.query_map(params![ino as i64, offset as i64, limit as i64], |r| {
-                let extent = Extent {
-                    offset: r.get::<_, i64>(0)? as u64,
-                    len: r.get::<_, i64>(1)? as u32,
-                    chunk: chunk_id_from(r.get(2)?),
-                };
+                let extent = extent_from_row(r)?;
                 let located = match r.get::<_, Option<i64>>(3)? {
                     Some(_) => Some(location_from_row(r, 3)?),
                     None => None,

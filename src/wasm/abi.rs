@@ -224,6 +224,15 @@ fn copy_piece(dst: &mut [u8], src: &[u8]) {
     copy_piece_uninit(dst, src);
 }
 
+/// Appends `src` to `out` with [`copy_piece`]'s vector moves (no zero-fill first).
+fn extend_with_piece(out: &mut Vec<u8>, src: &[u8]) {
+    out.reserve(src.len());
+    let start = out.len();
+    copy_piece_uninit(&mut out.spare_capacity_mut()[..src.len()], src);
+    // SAFETY: the `src.len()` bytes after `start` were just written.
+    unsafe { out.set_len(start + src.len()) };
+}
+
 fn copy_piece_uninit(dst: &mut [std::mem::MaybeUninit<u8>], src: &[u8]) {
     assert_eq!(dst.len(), src.len());
     #[cfg(target_arch = "x86_64")]
@@ -456,19 +465,7 @@ impl GuestInstance {
             });
         }
         let r = self.range(what, ptr, len)?;
-        let src = &self.memory.data(&self.store)[r];
-        let start = out.len();
-        out.reserve(src.len());
-        // SAFETY: `reserve` made room for src.len() bytes after `start`; copy_piece writes
-        // every one of them before set_len exposes them.
-        unsafe {
-            let dst = std::slice::from_raw_parts_mut(
-                out.as_mut_ptr().add(start) as *mut std::mem::MaybeUninit<u8>,
-                src.len(),
-            );
-            copy_piece_uninit(dst, src);
-            out.set_len(start + src.len());
-        }
+        extend_with_piece(out, &self.memory.data(&self.store)[r]);
         Ok(())
     }
 
@@ -585,17 +582,8 @@ mod tests {
             assert_eq!(&dst[4..4 + len], &src[..len], "len {len}");
             assert!(dst[..4].iter().chain(&dst[4 + len..]).all(|&b| b == 0xAA));
             let mut out = vec![1u8, 2];
-            out.reserve(len);
-            let start = out.len();
-            // SAFETY: reserved; copy_piece_uninit writes every byte before set_len.
-            unsafe {
-                let spare = std::slice::from_raw_parts_mut(
-                    out.as_mut_ptr().add(start) as *mut std::mem::MaybeUninit<u8>,
-                    len,
-                );
-                copy_piece_uninit(spare, &src[..len]);
-                out.set_len(start + len);
-            }
+            extend_with_piece(&mut out, &src[..len]);
+            assert_eq!(&out[..2], &[1, 2]);
             assert_eq!(&out[2..], &src[..len]);
         }
     }

@@ -203,18 +203,12 @@ fn build_engine(cfg: &EngineConfig, flavour: Flavour) -> Result<Engine, String> 
 }
 
 fn spawn_ticker(engines: Weak<Engines>, tick: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("space-wasm-epoch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(tick);
-                let Some(e) = engines.upgrade() else { break };
-                e.epoch.increment_epoch();
-                if let Some(Ok(f)) = e.fueled.get() {
-                    f.increment_epoch();
-                }
-            }
-        });
+    let spawned = crate::util::spawn_periodic("space-wasm-epoch", tick, engines, |e| {
+        e.epoch.increment_epoch();
+        if let Some(Ok(f)) = e.fueled.get() {
+            f.increment_epoch();
+        }
+    });
     if let Err(e) = spawned {
         // Without a ticker deadlines never fire; still usable but unbounded in time.
         log::error!("cannot spawn epoch ticker thread: {e}; wasm timeouts are disabled");
