@@ -269,6 +269,14 @@ fn a_crash_while_writing_a_cache_entry_leaves_no_partial_entry() {
     }
     assert_eq!(read(&space, "/big", None), data.to_ascii_uppercase());
     assert_eq!(space.derived_totals().unwrap().entries, 1);
+    // `-o /dev/null` wrote into the device: no temporary file beside it, nothing renamed over it.
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
     space.gc().unwrap();
     assert!(!space.fsck(&|_, _| {}).unwrap().damaged());
 }

@@ -343,3 +343,37 @@ fn exit_codes_scripts_can_rely_on() {
     let o = common::spacectl(&t.path().join("not-a-store"), &["ls"]);
     assert_ne!(o.status.code(), Some(0));
 }
+
+/// `get -o` into a device or a FIFO writes into it: the temporary-file-and-rename that protects
+/// regular files must never replace `/dev/null` (or a named pipe) with a plain file.
+#[test]
+fn get_into_a_device_or_fifo_writes_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let (t, dir) = common::new_store();
+    let src = t.path().join("x");
+    let data = common::random_bytes(3 << 20, 9);
+    std::fs::write(&src, &data).unwrap();
+    let o = common::spacectl(&dir, &["put", src.to_str().unwrap(), "--as", "/x"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+
+    let o = common::spacectl(&dir, &["get", "/x", "-o", "/dev/null"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(null.file_type().is_char_device(), "/dev/null replaced");
+
+    let fifo = t.path().join("pipe");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let o = common::spacectl(&dir, &["get", "/x", "-o", fifo.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        reader.join().unwrap() == data,
+        "bytes through the FIFO differ"
+    );
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+}

@@ -279,6 +279,20 @@ fn get(
                 .map_err(anyhow::Error::from)
                 .and_then(|n| out.flush().map(|_| n).map_err(anyhow::Error::from))
         }
+        Some(file) if is_special_file(file) => {
+            // A device, FIFO or socket (`-o /dev/null`, `-o /dev/stdout`, a pipe): written in
+            // place. Renaming a temporary file over it would replace the device with a file.
+            (|| -> Result<u64> {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(file)
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+                let n = read_to(&mut out, &progress)?;
+                out.flush()?;
+                Ok(n)
+            })()
+        }
         Some(file) => {
             // Written beside the target and renamed on success: a failed get leaves no file.
             let tmp = file.with_extension(format!("spacectl-partial-{}", std::process::id()));
@@ -304,6 +318,12 @@ fn get(
     }
     result.with_context(|| format!("reading {path}"))?;
     Ok(0)
+}
+
+/// True when `path` exists and is neither a regular file nor a directory (after following
+/// symlinks): such outputs are written in place rather than replaced.
+fn is_special_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }
 
 fn ls(space: &Space, path: &str, long: bool) -> Result<i32> {
