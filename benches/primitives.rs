@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use space::crypto::{DataKeys, MasterKey};
-use space::pipeline::chunk_codec::{self, EncodeSettings};
+use space::pipeline::chunk_codec::{self, EncodeSettings, IdCheck};
 use space::store::ChunkId;
 
 fn rate(name: &str, bytes: usize, f: impl Fn()) {
@@ -60,17 +60,31 @@ fn main() {
         std::hint::black_box(chunk_codec::encode(&keys, s, &id, chunk, None));
     });
     let obj = chunk_codec::encode(&keys, s, &id, chunk, None);
-    rate("decode (open+verify) 256 KiB", chunk.len(), || {
-        std::hint::black_box(chunk_codec::decode(&keys, &id, obj.clone()).unwrap());
+    rate("decode (open + id recomputed) 256 KiB", chunk.len(), || {
+        let d = chunk_codec::decode(&keys, &id, obj.clone(), IdCheck::Always);
+        std::hint::black_box(d.unwrap());
     });
+    rate(
+        "decode (open; tag binds the id) 256 KiB",
+        chunk.len(),
+        || {
+            let d = chunk_codec::decode(&keys, &id, obj.clone(), IdCheck::Unauthenticated);
+            std::hint::black_box(d.unwrap());
+        },
+    );
     let seg = EncodeSettings {
         segmented: true,
         ..s
     };
     let sobj = chunk_codec::encode(&keys, seg, &id, chunk, None);
-    rate("decode segmented object 256 KiB", chunk.len(), || {
-        std::hint::black_box(chunk_codec::decode(&keys, &id, sobj.clone()).unwrap());
-    });
+    rate(
+        "decode segmented object 256 KiB (id recomputed)",
+        chunk.len(),
+        || {
+            let d = chunk_codec::decode(&keys, &id, sobj.clone(), IdCheck::Always);
+            std::hint::black_box(d.unwrap());
+        },
+    );
     let plan = chunk_codec::SegmentedObject::parse(&id, &sobj[..40], sobj.len())
         .unwrap()
         .unwrap();

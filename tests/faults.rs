@@ -377,3 +377,50 @@ fn get_into_a_device_or_fifo_writes_in_place() {
     );
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
 }
+
+/// A writer bug that sealed the wrong bytes under a chunk's id (simulated by re-sealing one
+/// object with other plaintext of the same length): the AES-GCM tag is valid, so only a
+/// recomputed chunk id can tell. fsck always recomputes; reads do when the store sets
+/// `recompute_chunk_ids` (docs/FORMAT.md 4.2).
+#[test]
+fn recompute_chunk_ids_catches_bytes_sealed_under_the_wrong_id() {
+    use space::pipeline::chunk_codec::{self, EncodeSettings};
+    let (t, dir) = common::new_store();
+    let data = common::random_bytes(300 << 10, 6);
+    let src = t.path().join("in.bin");
+    std::fs::write(&src, &data).unwrap();
+    let o = common::spacectl(&dir, &["put", src.to_str().unwrap(), "--as", "/x"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+
+    let space = common::open(&dir);
+    let mut rows = space.store.meta.chunk_rows().unwrap();
+    rows.sort_by_key(|r| r.id); // as stored_objects lists them
+    let (pack, offset, len) = stored_objects(&dir)[0].clone();
+    let row = &rows[0];
+    let settings = EncodeSettings {
+        zstd_level: None,
+        encrypt: true,
+        dedup: true,
+        segmented: space.store.segmented_objects(),
+    };
+    let other = common::random_bytes(row.plain_len as usize, 7);
+    let forged = chunk_codec::encode(&space.store.keys, settings, &row.id, &other, None);
+    assert_eq!(forged.len(), len as usize);
+    drop(space);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[offset as usize..offset as usize + forged.len()].copy_from_slice(&forged);
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let o = common::spacectl(&dir, &["fsck"]);
+    assert_eq!(o.status.code(), Some(6), "fsck must recompute every id");
+    // By default the tag is the check, and it holds: the reader returns the sealed bytes.
+    let o = common::spacectl(&dir, &["get", "/x"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_ne!(o.stdout, data);
+    let o = common::spacectl(&dir, &["config", "set", "recompute_chunk_ids", "true"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let o = common::spacectl(&dir, &["get", "/x"]);
+    assert_eq!(o.status.code(), Some(6), "{}", common::stderr(&o));
+    assert!(common::stderr(&o).contains("integrity error"));
+    assert!(o.stdout.len() < data.len() && o.stdout == data[..o.stdout.len()]);
+}

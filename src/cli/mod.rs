@@ -140,7 +140,8 @@ pub enum Command {
     },
     /// Unmount a spacefs mount (pending writes are committed first).
     Umount { mountpoint: PathBuf },
-    /// Show or change store settings (require_signatures, chunk_cache_bytes, derived_cache_bytes).
+    /// Show or change store settings (require_signatures, recompute_chunk_ids, chunk_cache_bytes,
+    /// derived_cache_bytes).
     Config {
         #[command(subcommand)]
         action: ConfigAction,
@@ -205,7 +206,7 @@ pub enum TriggerArg {
 pub enum ConfigAction {
     /// Print store.yaml.
     Show,
-    /// Set a setting: require_signatures (true|false), chunk_cache_bytes or derived_cache_bytes
+    /// Set a setting: require_signatures or recompute_chunk_ids (true|false), chunk_cache_bytes or derived_cache_bytes
     /// (sizes like 64MiB; derived_cache_bytes 0 turns the derived-output cache off).
     Set { key: String, value: String },
 }

@@ -146,6 +146,13 @@ pub fn config(space: &Space, action: &ConfigAction) -> Result<i32> {
                         )))
                     })?
                 }
+                "recompute_chunk_ids" => {
+                    config.recompute_chunk_ids = value.parse().map_err(|_| {
+                        anyhow!(UsageError(format!(
+                            "recompute_chunk_ids takes true or false, not `{value}`"
+                        )))
+                    })?
+                }
                 "chunk_cache_bytes" => {
                     config.chunk_cache_bytes = value
                         .parse::<ByteSize>()
@@ -160,7 +167,7 @@ pub fn config(space: &Space, action: &ConfigAction) -> Result<i32> {
                 }
                 other => {
                     return Err(anyhow!(UsageError(format!(
-                        "unknown setting `{other}` (settable: require_signatures, chunk_cache_bytes, derived_cache_bytes)"
+                        "unknown setting `{other}` (settable: require_signatures, recompute_chunk_ids, chunk_cache_bytes, derived_cache_bytes)"
                     ))));
                 }
             }

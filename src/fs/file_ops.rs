@@ -49,6 +49,13 @@ fn read_exact_at(r: &mut CapsuleReader, offset: u64, buf: &mut [u8]) -> std::io:
 
 /// Overlay bytes kept in memory before the leading chunks of a file written front to back are
 /// stored ahead of the commit (instead of spilling to a temporary file).
+/// Where [`SpaceFs::read_filled`] left a read's bytes.
+enum Filled {
+    Owned(Vec<u8>),
+    /// The first n bytes of the caller's scratch buffer.
+    Scratch(usize),
+}
+
 fn early_store_threshold(mem_limit: usize) -> usize {
     mem_limit.max(4 << 20)
 }
@@ -379,8 +386,50 @@ impl SpaceFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_with(fh, offset, size, |b| b.to_vec())
+    }
+
+    /// Reads and hands the bytes to `reply` (the FUSE reply, which copies them to the kernel):
+    /// reads of stored bytes land in a per-thread buffer reused across requests, so a 1 MiB
+    /// read costs no allocation, page faults or zeroing.
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let filled = self.read_filled(fh, offset, size as usize, &mut scratch)?;
+            let bytes = match &filled {
+                Filled::Owned(v) => &v[..],
+                Filled::Scratch(n) => &scratch[..*n],
+            };
+            Stats::inc(&self.stats.read_requests);
+            Stats::add(&self.stats.bytes_read, bytes.len() as u64);
+            Ok(reply(bytes))
+        })
+    }
+
+    fn read_filled(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: usize,
+        scratch: &mut Vec<u8>,
+    ) -> FsResult<Filled> {
+        let into_scratch =
+            |scratch: &mut Vec<u8>, read: &mut dyn FnMut(&mut [u8]) -> FsResult<usize>| {
+                if scratch.len() < size {
+                    scratch.resize(size, 0);
+                }
+                read(&mut scratch[..size]).map(Filled::Scratch)
+            };
         let h = self.handles.get(fh).ok_or(libc::EBADF)?;
-        let size = size as usize;
         let out = match &h.kind {
             HandleKind::File {
                 inode,
@@ -411,10 +460,9 @@ impl SpaceFs {
                     }
                     None => {
                         drop(st);
-                        let mut out = vec![0u8; size];
-                        let n = reader.read_at(offset, &mut out).map_err(errno)?;
-                        out.truncate(n);
-                        out
+                        return into_scratch(scratch, &mut |out| {
+                            reader.read_at(offset, out).map_err(errno)
+                        });
                     }
                 }
             }
@@ -435,10 +483,10 @@ impl SpaceFs {
                 out
             }
             HandleKind::Reader { reader, .. } => {
-                let mut out = vec![0u8; size];
-                let n = lock(reader).read_at(offset, &mut out).map_err(errno)?;
-                out.truncate(n);
-                out
+                let mut reader = lock(reader);
+                return into_scratch(scratch, &mut |out| {
+                    reader.read_at(offset, out).map_err(errno)
+                });
             }
             HandleKind::Bytes(b) => {
                 let from = (offset as usize).min(b.len());
@@ -446,9 +494,7 @@ impl SpaceFs {
             }
             HandleKind::Dir { .. } => return Err(libc::EISDIR),
         };
-        Stats::inc(&self.stats.read_requests);
-        Stats::add(&self.stats.bytes_read, out.len() as u64);
-        Ok(out)
+        Ok(Filled::Owned(out))
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {

@@ -339,9 +339,15 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(err(e)),
+        // Replies from the reader's buffer (on success the closure consumes the reply).
+        let mut reply = Some(reply);
+        let sent = self.fs.read_with(fh.0, offset, size, |d| {
+            if let Some(r) = reply.take() {
+                r.data(d)
+            }
+        });
+        if let (Err(e), Some(r)) = (sent, reply.take()) {
+            r.error(err(e));
         }
     }
 

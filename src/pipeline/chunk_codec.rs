@@ -453,8 +453,26 @@ impl SegmentedObject {
     }
 }
 
+/// When a reader recomputes the chunk id from the decoded plaintext (docs/FORMAT.md 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdCheck {
+    /// Every object (fsck, and stores with `recompute_chunk_ids: true`).
+    Always,
+    /// Unless the plaintext is exactly bytes the AEAD authenticated under this id (an
+    /// encrypted object stored raw): then the tag already proves they are the bytes the
+    /// writer sealed, and the writer sealed the bytes it computed the id from. Unencrypted
+    /// objects (no tag) and compressed ones (a decompressor between tag and output) are
+    /// still checked.
+    Unauthenticated,
+}
+
 /// Authenticates, decrypts, decompresses and verifies an object; never returns wrong bytes.
-pub fn decode(keys: &DataKeys, id: &ChunkId, mut object: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+pub fn decode(
+    keys: &DataKeys,
+    id: &ChunkId,
+    mut object: Vec<u8>,
+    check: IdCheck,
+) -> Result<Vec<u8>, DecodeError> {
     if object.len() < FIXED_HEADER || &object[..4] != MAGIC {
         return Err(DecodeError::Malformed("bad magic or too short"));
     }
@@ -524,6 +542,10 @@ pub fn decode(keys: &DataKeys, id: &ChunkId, mut object: Vec<u8>) -> Result<Vec<
     if plain.len() != plain_len {
         return Err(DecodeError::Malformed("length differs from header"));
     }
+    let authenticated_as_is = flags & FLAG_ENCRYPTED != 0 && flags & FLAG_ZSTD == 0;
+    if check == IdCheck::Unauthenticated && authenticated_as_is {
+        return Ok(plain);
+    }
     let s = EncodeSettings {
         zstd_level: None,
         encrypt: flags & FLAG_ENCRYPTED != 0,
@@ -564,21 +586,57 @@ mod tests {
     #[test]
     fn roundtrip_every_setting_and_every_bit_flip_is_caught() {
         let keys = DataKeys::new(&MasterKey::generate());
-        let data: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8 + b'a').collect();
-        for s in all_settings() {
-            let salt = new_salt(s);
-            let id = chunk_id(&keys, s, &data, salt.as_ref());
-            let obj = encode(&keys, s, &id, &data, salt.as_ref());
-            assert_eq!(decode(&keys, &id, obj.clone()).unwrap(), data, "{s:?}");
-            for i in (0..obj.len()).step_by(97) {
-                let mut t = obj.clone();
-                t[i] ^= 0x10;
-                assert!(
-                    decode(&keys, &id, t).is_err(),
-                    "flip at {i} undetected for {s:?}"
-                );
+        let text: Vec<u8> = (0..5000u32).map(|i| (i % 7) as u8 + b'a').collect();
+        let mut random = vec![0u8; 5000];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        for data in [&text, &random] {
+            for s in all_settings() {
+                let salt = new_salt(s);
+                let id = chunk_id(&keys, s, data, salt.as_ref());
+                let obj = encode(&keys, s, &id, data, salt.as_ref());
+                for check in [IdCheck::Always, IdCheck::Unauthenticated] {
+                    assert_eq!(&decode(&keys, &id, obj.clone(), check).unwrap(), data);
+                    for i in (0..obj.len()).step_by(97) {
+                        let mut t = obj.clone();
+                        t[i] ^= 0x10;
+                        assert!(
+                            decode(&keys, &id, t, check).is_err(),
+                            "flip at {i} undetected for {s:?} {check:?}"
+                        );
+                    }
+                    let short = obj[..obj.len() - 1].to_vec();
+                    assert!(decode(&keys, &id, short, check).is_err());
+                }
             }
-            assert!(decode(&keys, &id, obj[..obj.len() - 1].to_vec()).is_err());
+        }
+    }
+
+    /// An object sealed under an id that is not its plaintext's (a writer bug): `Always`
+    /// catches it for every setting, `Unauthenticated` wherever no AEAD binds the output
+    /// bytes to the id as they are (unencrypted or compressed objects).
+    #[test]
+    fn id_recomputation_is_skipped_only_for_authenticated_raw_objects() {
+        let keys = DataKeys::new(&MasterKey::generate());
+        let text = b"the quick brown fox ".repeat(500);
+        let mut random = vec![0u8; 100_000];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        for data in [&text, &random] {
+            for s in all_settings() {
+                let salt = new_salt(s);
+                let wrong = chunk_id(&keys, s, b"something else", salt.as_ref());
+                let obj = encode(&keys, s, &wrong, data, salt.as_ref());
+                assert!(matches!(
+                    decode(&keys, &wrong, obj.clone(), IdCheck::Always),
+                    Err(DecodeError::IdMismatch)
+                ));
+                let raw_and_sealed = obj[5] & FLAG_ENCRYPTED != 0 && obj[5] & FLAG_ZSTD == 0;
+                let r = decode(&keys, &wrong, obj, IdCheck::Unauthenticated);
+                if raw_and_sealed {
+                    assert_eq!(&r.unwrap(), data, "{s:?}");
+                } else {
+                    assert!(matches!(r, Err(DecodeError::IdMismatch)), "{s:?}");
+                }
+            }
         }
     }
 
@@ -637,21 +695,24 @@ mod tests {
             let obj = encode(&keys, segmented(), &id, &data, None);
             assert_eq!(obj[4], VERSION_SEGMENTED);
             assert_eq!(
-                decode(&keys, &id, obj.clone()).unwrap(),
+                decode(&keys, &id, obj.clone(), IdCheck::Always).unwrap(),
                 data,
                 "{len} bytes"
             );
             for i in (0..obj.len()).step_by(331) {
                 let mut t = obj.clone();
                 t[i] ^= 0x01;
-                assert!(decode(&keys, &id, t).is_err(), "flip at {i} of {len}");
+                assert!(
+                    decode(&keys, &id, t, IdCheck::Always).is_err(),
+                    "flip at {i} of {len}"
+                );
             }
             // Dropping the last segment (or its tag) is caught: the count is in every AAD.
             if len > seg {
                 let cut = obj.len() - (len % seg).max(1) - TAG_LEN;
-                assert!(decode(&keys, &id, obj[..cut].to_vec()).is_err());
+                assert!(decode(&keys, &id, obj[..cut].to_vec(), IdCheck::Always).is_err());
             }
-            assert!(decode(&keys, &id, obj[..obj.len() - 1].to_vec()).is_err());
+            assert!(decode(&keys, &id, obj[..obj.len() - 1].to_vec(), IdCheck::Always).is_err());
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use lru::LruCache;
 
 use crate::error::{Result, SpaceError};
-use crate::pipeline::chunk_codec;
+use crate::pipeline::chunk_codec::{self, IdCheck};
 use crate::store::meta::{ChunkLocation, Extent, Ino, Node};
 use crate::store::{ChunkId, Store};
 
@@ -100,10 +100,11 @@ fn readahead_pool() -> &'static mpsc::Sender<PoolJob> {
     POOL.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<PoolJob>();
         let rx = Arc::new(Mutex::new(rx));
+        // Twice the cores: a worker waiting for the disk leaves its core to another.
         let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2)
-            .clamp(2, 8);
+            .map(|n| 2 * n.get())
+            .unwrap_or(4)
+            .clamp(4, 16);
         for i in 0..n {
             let rx = Arc::clone(&rx);
             let spawned = std::thread::Builder::new()
@@ -280,12 +281,40 @@ pub fn load_chunk(store: &Store, id: &ChunkId, context: &dyn Fn() -> String) -> 
     load_chunk_at(store, id, None, context)
 }
 
+/// [`load_chunk`] that recomputes the chunk id whatever the store's setting (fsck).
+pub fn load_chunk_recomputing_id(
+    store: &Store,
+    id: &ChunkId,
+    context: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    load_chunk_checked(store, id, None, IdCheck::Always, context)
+}
+
+/// How this store's readers check chunk ids (docs/FORMAT.md 4.2).
+fn id_check(store: &Store) -> IdCheck {
+    if store.config.recompute_chunk_ids {
+        IdCheck::Always
+    } else {
+        IdCheck::Unauthenticated
+    }
+}
+
 /// [`load_chunk`] with the object's location when the caller knows it (objects stored ahead
 /// of their metadata commit have no chunk row yet).
 pub fn load_chunk_at(
     store: &Store,
     id: &ChunkId,
     known: Option<ChunkLocation>,
+    context: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    load_chunk_checked(store, id, known, id_check(store), context)
+}
+
+fn load_chunk_checked(
+    store: &Store,
+    id: &ChunkId,
+    known: Option<ChunkLocation>,
+    check: IdCheck,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
     let fetch = |located: Option<ChunkLocation>| -> std::io::Result<Vec<u8>> {
@@ -330,7 +359,7 @@ pub fn load_chunk_at(
             SpaceError::io(format!("{}: reading chunk {id}", context()), e)
         }
     })?;
-    chunk_codec::decode(&store.keys, id, object).map_err(|e| {
+    chunk_codec::decode(&store.keys, id, object, check).map_err(|e| {
         log::error!("{}: chunk {id} failed verification: {e}", context());
         SpaceError::Integrity {
             context: context(),
@@ -345,8 +374,8 @@ pub fn load_chunk_at(
 /// uncompressed payload); returns how many bytes the chunk had there. `None` when the object
 /// cannot be read in part (inline, loose, version 1, compressed, or moved by a gc): the
 /// caller reads it whole. The bytes are authenticated (AES-GCM, bound to the chunk id,
-/// the segment's position and the segment count) but the chunk id is not recomputed, which
-/// needs the whole chunk: reads of whole chunks, `get` and fsck do that.
+/// the segment's position and the segment count), which for these uncompressed bodies is
+/// what a whole decode guarantees too (docs/FORMAT.md 4.2); fsck recomputes every id.
 pub fn load_chunk_part(
     store: &Store,
     cache: &ChunkCache,

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use super::Space;
 use crate::error::{Result, SpaceError};
-use crate::pipeline::read_path::load_chunk;
+use crate::pipeline::read_path::load_chunk_recomputing_id;
 use crate::pipeline::write_path::put_object;
 use crate::store::meta::MetaProblem;
 use crate::store::{ChunkId, LockMode};
@@ -59,7 +59,7 @@ impl Space {
         let known: HashSet<ChunkId> = rows.iter().map(|r| r.id).collect();
         let total = rows.iter().filter(|r| r.refcount > 0).count() as u64;
         for row in rows.iter().filter(|r| r.refcount > 0) {
-            match load_chunk(&self.store, &row.id, &|| "fsck".into()) {
+            match load_chunk_recomputing_id(&self.store, &row.id, &|| "fsck".into()) {
                 Ok(plain) => {
                     report.bytes_checked += plain.len() as u64;
                     if plain.len() as u64 != row.plain_len {
