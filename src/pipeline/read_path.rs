@@ -518,6 +518,9 @@ pub struct CapsuleReader {
     /// A window of the extent list around the last read (sequential reads need one query per
     /// 64 chunks, random reads one per miss).
     window: Vec<Extent>,
+    /// Extents met by random reads, by offset (at most [`RANDOM_EXTENTS`], then started
+    /// afresh): random reads over a region the reader has seen need no query.
+    seen: BTreeMap<u64, Extent>,
     /// Where the last read ended (None before the first read), to detect sequential access.
     last_end: Option<u64>,
     /// Read-ahead has been queued for every chunk starting before this offset.
@@ -529,7 +532,9 @@ pub struct CapsuleReader {
 }
 
 const WINDOW: usize = 64;
-const RANDOM_WINDOW: usize = 4;
+/// Extents a reader remembers for random reads: 4096 rows (~200 KiB) cover about 1 GiB of a
+/// capsule at the default chunk size; memory per reader stays fixed whatever the capsule size.
+const RANDOM_EXTENTS: usize = 4096;
 
 impl CapsuleReader {
     pub fn new(
@@ -558,6 +563,7 @@ impl CapsuleReader {
             version,
             name,
             window: Vec::new(),
+            seen: BTreeMap::new(),
             last_end: None,
             ahead_to: 0,
             random: false,
@@ -582,14 +588,33 @@ impl CapsuleReader {
         if let Some(e) = find(&self.window) {
             return Ok(e);
         }
-        // Random reads fetch a few rows around the offset; sequential ones a whole window.
-        let n = if self.random { RANDOM_WINDOW } else { WINDOW };
-        self.window = self.store.meta.extents_from(self.ino, offset, n)?;
-        find(&self.window).ok_or_else(|| SpaceError::Integrity {
+        let covering = |seen: &BTreeMap<u64, Extent>| {
+            seen.range(..=offset)
+                .next_back()
+                .map(|(_, e)| *e)
+                .filter(|e| offset < e.offset + e.len as u64)
+        };
+        if !self.random {
+            self.window = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+            return find(&self.window).ok_or_else(|| self.no_extent(offset));
+        }
+        if let Some(e) = covering(&self.seen) {
+            return Ok(e);
+        }
+        let rows = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+        if self.seen.len() + rows.len() > RANDOM_EXTENTS {
+            self.seen.clear();
+        }
+        self.seen.extend(rows.into_iter().map(|e| (e.offset, e)));
+        covering(&self.seen).ok_or_else(|| self.no_extent(offset))
+    }
+
+    fn no_extent(&self, offset: u64) -> SpaceError {
+        SpaceError::Integrity {
             context: format!("{} at offset {offset}", self.name),
             chunk: ChunkId([0; 32]),
             reason: "no chunk covers this offset (metadata damaged or capsule replaced)".into(),
-        })
+        }
     }
 
     /// The stored chunk holding byte `offset` (for per-chunk processing); `None` at or past
