@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # spacefs vs gocryptfs, side by side on the same disk (not a timed test; run by hand as root):
-#   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096)
+#   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096 ROUNDS=3)
 # Measures: sequential write and read of SIZE_MIB of incompressible data, random 4 KiB reads,
 # create + read of SMALL_FILES small files, identity on-read chain vs no chain (needs a WASM
 # runtime in spacefs and IDENTITY_WASM=/abs/identity.wasm), and daemon RSS while streaming a
@@ -14,6 +14,7 @@ SIZE_MIB="${SIZE_MIB:-1024}"
 SMALL_FILES="${SMALL_FILES:-10000}"
 BIG_MIB="${BIG_MIB:-4096}"
 RANDOM_READS="${RANDOM_READS:-20000}"
+ROUNDS="${ROUNDS:-3}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root (drops caches, mounts)" >&2; exit 1; }
@@ -55,18 +56,22 @@ mibps() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
 
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORK/src.bin"
 declare -A R
+# Rounds alternate the two file systems, so a slow spell of this VM's disk or CPU hits both;
+# the table shows medians and each round's ratio.
+for r in $(seq "$ROUNDS"); do
 for fs in space gocrypt; do
-    case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small; do R[$fs.$k]=1; done; continue ;; esac
+    case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small; do R[$fs.$k.$r]=1; done; continue ;; esac
     M="$WORK/$fs.mnt"
+    rm -rf "$M/big.bin" "$M/small"
     # The source is read into the page cache first (as store_bench.py does for put): a cold
     # source on the same disk made this row measure the disk's mixed read/write, not the
     # filesystem under test.
     drop; cat "$WORK/src.bin" > /dev/null; t0=$(now); cp "$WORK/src.bin" "$M/big.bin"; sync; t1=$(now)
-    R[$fs.seqw]=$(mibps "$SIZE_MIB" "$t0" "$t1")
+    R[$fs.seqw.$r]=$(mibps "$SIZE_MIB" "$t0" "$t1")
     drop; t0=$(now); cat "$M/big.bin" > /dev/null; t1=$(now)
-    R[$fs.seqr]=$(mibps "$SIZE_MIB" "$t0" "$t1")
+    R[$fs.seqr.$r]=$(mibps "$SIZE_MIB" "$t0" "$t1")
     drop
-    R[$fs.rand]=$(python3 - "$M/big.bin" "$RANDOM_READS" <<'PY'
+    R[$fs.rand.$r]=$(python3 - "$M/big.bin" "$RANDOM_READS" <<'PY'
 import os, random, sys, time
 p, n = sys.argv[1], int(sys.argv[2])
 fd = os.open(p, os.O_RDONLY); size = os.fstat(fd).st_size
@@ -91,17 +96,24 @@ d, n = sys.argv[1], int(sys.argv[2])
 for i in range(n): open(f"{d}/f{i}", "rb").read()
 PY
     t3=$(now)
-    R[$fs.small]=$(python3 -c "print(f'{$SMALL_FILES/(($t1-$t0)+($t3-$t2)):.0f}')")
+    R[$fs.small.$r]=$(python3 -c "print(f'{$SMALL_FILES/(($t1-$t0)+($t3-$t2)):.0f}')")
+done
 done
 
+# median of one figure over the rounds; "each" = every round's SPACE/gocryptfs ratio
+med() { local v=(); for r in $(seq "$ROUNDS"); do v+=("${R[$1.$2.$r]}"); done; python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "${v[@]}"; }
+each() { local v=(); for r in $(seq "$ROUNDS"); do v+=("${R[space.$1.$r]}" "${R[gocrypt.$1.$r]}"); done; python3 -c "import sys; a=list(map(float, sys.argv[1:])); print(', '.join(f'{a[i]/a[i+1]:.2f}' for i in range(0, len(a), 2)))" "${v[@]}"; }
+for k in seqw seqr rand small; do R[space.$k]=$(med space $k); R[gocrypt.$k]=$(med gocrypt $k); done
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo
-echo "| workload | spacefs | gocryptfs | SPACE/gocryptfs |"
-echo "|---|---|---|---|"
-echo "| sequential write ${SIZE_MIB} MiB (MiB/s) | ${R[space.seqw]} | ${R[gocrypt.seqw]} | $(ratio "${R[space.seqw]}" "${R[gocrypt.seqw]}") |"
-echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[gocrypt.seqr]} | $(ratio "${R[space.seqr]}" "${R[gocrypt.seqr]}") |"
-echo "| random 4 KiB reads, cold (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | $(ratio "${R[space.rand]}" "${R[gocrypt.rand]}") |"
-echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | ${R[gocrypt.small]} | $(ratio "${R[space.small]}" "${R[gocrypt.small]}") |"
+echo "Medians of $ROUNDS alternating rounds."
+echo
+echo "| workload | spacefs | gocryptfs | SPACE/gocryptfs | each round |"
+echo "|---|---|---|---|---|"
+echo "| sequential write ${SIZE_MIB} MiB (MiB/s) | ${R[space.seqw]} | ${R[gocrypt.seqw]} | $(ratio "${R[space.seqw]}" "${R[gocrypt.seqw]}") | $(each seqw) |"
+echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[gocrypt.seqr]} | $(ratio "${R[space.seqr]}" "${R[gocrypt.seqr]}") | $(each seqr) |"
+echo "| random 4 KiB reads, cold (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | $(ratio "${R[space.rand]}" "${R[gocrypt.rand]}") | $(each rand) |"
+echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | ${R[gocrypt.small]} | $(ratio "${R[space.small]}" "${R[gocrypt.small]}") | $(each small) |"
 
 if [ -n "${IDENTITY_WASM:-}" ]; then
     # Identity on-read chain vs no chain, and RSS while streaming a BIG_MIB capsule through it.
