@@ -47,8 +47,6 @@ fn read_exact_at(r: &mut CapsuleReader, offset: u64, buf: &mut [u8]) -> std::io:
     Ok(())
 }
 
-/// Overlay bytes kept in memory before the leading chunks of a file written front to back are
-/// stored ahead of the commit (instead of spilling to a temporary file).
 /// Where [`SpaceFs::read_filled`] left a read's bytes.
 enum Filled {
     Owned(Vec<u8>),
@@ -56,6 +54,8 @@ enum Filled {
     Scratch(usize),
 }
 
+/// Overlay bytes kept in memory before the leading chunks of a file written front to back are
+/// stored ahead of the commit (instead of spilling to a temporary file).
 fn early_store_threshold(mem_limit: usize) -> usize {
     mem_limit.max(4 << 20)
 }
