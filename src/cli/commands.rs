@@ -271,41 +271,34 @@ fn get(
             pb.set_position(n)
         }
     };
+    // Every destination gets the bytes through one 1 MiB buffer.
+    let copy_to = |w: &mut dyn Write| -> Result<()> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, w);
+        read_to(&mut out, &progress)?;
+        out.flush()?;
+        Ok(())
+    };
     let result = match output {
-        None => {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            read_to(&mut out, &progress)
-                .map_err(anyhow::Error::from)
-                .and_then(|n| out.flush().map(|_| n).map_err(anyhow::Error::from))
-        }
+        None => copy_to(&mut std::io::stdout().lock()),
         Some(file) if is_special_file(file) => {
             // A device, FIFO or socket (`-o /dev/null`, `-o /dev/stdout`, a pipe): written in
             // place. Renaming a temporary file over it would replace the device with a file.
-            (|| -> Result<u64> {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(file)
-                    .with_context(|| format!("opening {}", file.display()))?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-                let n = read_to(&mut out, &progress)?;
-                out.flush()?;
-                Ok(n)
-            })()
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(file)
+                .with_context(|| format!("opening {}", file.display()))
+                .and_then(|mut f| copy_to(&mut f))
         }
         Some(file) => {
             // Written beside the target and renamed on success: a failed get leaves no file.
             let tmp = file.with_extension(format!("spacectl-partial-{}", std::process::id()));
-            let r = (|| -> Result<u64> {
-                let f = std::fs::File::create(&tmp)
+            let r = (|| -> Result<()> {
+                let mut f = std::fs::File::create(&tmp)
                     .with_context(|| format!("creating {}", tmp.display()))?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-                let n = read_to(&mut out, &progress)?;
-                out.flush()?;
-                out.get_ref().sync_all()?;
+                copy_to(&mut f)?;
+                f.sync_all()?;
                 std::fs::rename(&tmp, file)
-                    .with_context(|| format!("renaming to {}", file.display()))?;
-                Ok(n)
+                    .with_context(|| format!("renaming to {}", file.display()))
             })();
             if r.is_err() {
                 let _ = std::fs::remove_file(&tmp);
