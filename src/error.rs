@@ -80,6 +80,8 @@ impl SpaceError {
             SpaceError::WrongKey(_) => 7,
             SpaceError::Transform(_) => 8,
             SpaceError::BadStore { .. } => 9,
+            // The reader of our output went away (`spacectl get … | head`): as if by SIGPIPE.
+            SpaceError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe => 141,
             SpaceError::Meta(_) | SpaceError::Io { .. } => 1,
         }
     }

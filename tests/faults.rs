@@ -424,3 +424,28 @@ fn recompute_chunk_ids_catches_bytes_sealed_under_the_wrong_id() {
     assert!(common::stderr(&o).contains("integrity error"));
     assert!(o.stdout.len() < data.len() && o.stdout == data[..o.stdout.len()]);
 }
+
+/// `spacectl get … | head`: when the reader closes the pipe, get exits 141 (as if killed by
+/// SIGPIPE, CLI.md) without an error message.
+#[test]
+fn get_into_a_closed_pipe_exits_141_quietly() {
+    use std::io::Read;
+    let (t, dir) = common::new_store();
+    let src = t.path().join("x");
+    std::fs::write(&src, common::random_bytes(8 << 20, 11)).unwrap();
+    let o = common::spacectl(&dir, &["put", src.to_str().unwrap(), "--as", "/x"]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_spacectl"))
+        .arg("--store")
+        .arg(&dir)
+        .args(["get", "/x"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap(); // then closed
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(141), "{}", common::stderr(&o));
+    assert_eq!(common::stderr(&o), "");
+}

@@ -282,8 +282,12 @@ pub fn main() -> i32 {
     match commands::run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("spacectl: error: {e:#}");
-            exit_code(&e)
+            let code = exit_code(&e);
+            // A closed output pipe is the reader's choice, not an error to report.
+            if code != 141 {
+                eprintln!("spacectl: error: {e:#}");
+            }
+            code
         }
     }
 }
