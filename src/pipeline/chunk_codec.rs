@@ -254,7 +254,7 @@ struct Segments {
 impl Segments {
     fn new(shift: u8, sealed: usize) -> Result<Segments, DecodeError> {
         let stride = 1usize << shift;
-        let len = stride - TAG_LEN;
+        let len = segment_plain_len(shift);
         let count = sealed.div_ceil(stride).max(1);
         let last = sealed - (count - 1) * stride;
         if last < TAG_LEN {

@@ -423,6 +423,10 @@ fn store_chunk(
     })
 }
 
+// A segmented object's whole head fits the metadata's copy of it (else partial reads would
+// always read the head from the object).
+const _: () = assert!(chunk_codec::SegmentedObject::HEAD_LEN <= ObjectHead::MAX);
+
 /// Stores an encoded object; a segmented object's segments go page-aligned into its pack, so
 /// partial reads read whole pages (docs/FORMAT.md 4.2).
 pub(crate) fn put_object(

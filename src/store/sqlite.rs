@@ -861,7 +861,8 @@ impl MetaStore for SqliteMeta {
 
     fn nearest_policy(&self, dir: Ino) -> Result<Option<String>> {
         self.read(|c| {
-            Ok(c.prepare_cached(
+            Ok(row(
+                c,
                 "WITH RECURSIVE up(ino, depth) AS (
                      SELECT ?1, 0
                      UNION ALL
@@ -871,8 +872,6 @@ impl MetaStore for SqliteMeta {
                  SELECT n.policy FROM up JOIN nodes n ON n.ino = up.ino
                  WHERE n.policy IS NOT NULL AND n.kind = ?3
                  ORDER BY up.depth LIMIT 1",
-            )?
-            .query_row(
                 params![dir as i64, ROOT_INO as i64, NodeKind::Dir as i64],
                 |r| r.get(0),
             )
@@ -1133,11 +1132,13 @@ impl MetaStore for SqliteMeta {
 
     fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLocation>> {
         self.read(|c| {
-            Ok(c.prepare_cached(
+            Ok(row(
+                c,
                 "SELECT c.stored_len, c.pack, c.pack_offset, i.object, c.head
                  FROM chunks c LEFT JOIN inline_objects i ON i.id = c.id WHERE c.id=?1",
-            )?
-            .query_row([id.0.to_vec()], |r| location_from_row(r, 0))
+                [id.0.to_vec()],
+                |r| location_from_row(r, 0),
+            )
             .optional()?)
         })
     }
