@@ -265,6 +265,64 @@ fn spacectl_changes_show_up_within_the_attribute_timeout() {
     drop(d);
 }
 
+/// A created file's commit waits to be shared with its content, but never long: `spacectl`
+/// sees a file still open (nothing written) within the deferral limit, and a directory at once.
+#[test]
+fn new_files_reach_other_processes_promptly() {
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    std::fs::create_dir(s.mnt.join("d")).unwrap();
+    let o = spacectl(&s.store, &["ls", "/d"]);
+    assert!(
+        o.status.success(),
+        "mkdir is committed when it returns: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Held open by another process: a descriptor of ours would be closed (and the file
+    // committed by that flush) in every child spawned below.
+    let open = s.mnt.join("d/open");
+    // (Python: a shell's `exec 3>f` closes a duplicate, which flushes.)
+    let mut held = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys, time; os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY); time.sleep(30)",
+        ])
+        .arg(&open)
+        .spawn()
+        .unwrap();
+    while !open.exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // (spacectl writes to the metadata when it opens a store, so it would wait for the
+    // mount's transaction: up to the 5-second sync without the deferral limit.)
+    let t = std::time::Instant::now();
+    let o = spacectl(&s.store, &["ls", "/d"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("open"),
+        "a file still open is committed within the limit: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A spacectl write while the mount creates files queues briefly, then succeeds.
+    let src = s.tmp.path().join("src");
+    write(&src, b"x");
+    for i in 0..20 {
+        std::fs::File::create(s.mnt.join(format!("d/f{i}"))).unwrap();
+        let o = spacectl(
+            &s.store,
+            &["put", src.to_str().unwrap(), "--as", &format!("/d/p{i}")],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    held.kill().unwrap();
+    held.wait().unwrap();
+    assert!(spacectl(&s.store, &["fsck"]).status.success());
+    drop(d);
+}
+
 #[test]
 fn sigterm_commits_and_unmounts() {
     let s = scratch();

@@ -555,7 +555,12 @@ impl SpaceFs {
         let mut st = lock(&inode.state);
         self.settle_early(&mut st);
         if !st.dirty {
-            return Ok(());
+            // Nothing written, but the file itself may be new: its creation is committed
+            // when it is first closed, like its content would be.
+            return self.space.store.meta.commit_deferred().map_err(|e| {
+                log::error!("inode {}: committing its creation failed: {e}", inode.ino);
+                libc::EIO
+            });
         }
         let current = self.node(inode.ino)?;
         let name = self.name_of(&current);

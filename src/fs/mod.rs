@@ -134,6 +134,11 @@ pub struct FsOptions {
 /// How often a mount without `durable_commits` makes its recent commits durable.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest the creation of a file stays uncommitted, waiting to share a
+/// commit with its content (docs/SEMANTICS.md): how late `spacectl` may see a new, still
+/// empty file, and how long its writes may wait for the mount's.
+pub const DEFER_LIMIT: Duration = Duration::from_millis(10);
+
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
@@ -202,6 +207,7 @@ impl SpaceFs {
         if !opts.durable_commits && !opts.read_only {
             space.store.meta.set_durable_commits(false)?;
             spawn_syncer(Arc::downgrade(&space.store.meta));
+            spawn_committer(Arc::downgrade(&space.store.meta));
         }
         Ok(SpaceFs {
             space: Arc::new(space),
@@ -289,6 +295,23 @@ fn spawn_syncer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
     });
     if let Err(e) = spawned {
         log::error!("cannot start the metadata sync thread: {e}; syncing on fsync only");
+    }
+}
+
+/// Commits deferred metadata transactions (a create waiting for its content) at the latest
+/// [`DEFER_LIMIT`] after they opened, until the store is dropped.
+fn spawn_committer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
+    let spawned = std::thread::Builder::new()
+        .name("spacefs-commit".into())
+        .spawn(move || {
+            while let Some(m) = meta.upgrade() {
+                if let Err(e) = m.commit_deferred_when_due(DEFER_LIMIT, Duration::from_secs(1)) {
+                    log::error!("committing deferred metadata changes failed: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the metadata commit thread: {e}");
     }
 }
 

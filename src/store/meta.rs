@@ -448,6 +448,22 @@ pub trait MetaStore: Send + Sync {
     fn set_durable_commits(&self, durable: bool) -> Result<()>;
     /// Makes every earlier commit durable (a no-op if each already was).
     fn sync(&self) -> Result<()>;
+    /// Commits changes whose commit was deferred (with relaxed commits, creating a node may
+    /// leave its transaction open for the next change to join).
+    fn commit_deferred(&self) -> Result<()> {
+        Ok(())
+    }
+    /// For a background thread: waits up to `idle` for a deferred transaction to open, then
+    /// commits it once it has been open for `limit`.
+    fn commit_deferred_when_due(
+        &self,
+        limit: std::time::Duration,
+        idle: std::time::Duration,
+    ) -> Result<()> {
+        let _ = limit;
+        std::thread::sleep(idle);
+        Ok(())
+    }
 
     /// Distinct policy texts containing `needle` (e.g. every policy declaring views).
     fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;

@@ -1,13 +1,15 @@
 //! The embedded metadata engine: SQLite in WAL mode with `synchronous=FULL`, so a commit that
 //! returned survives power loss. A mounted filesystem may relax that to `synchronous=NORMAL`
 //! (commits survive a crash of the process, and power loss after the next `sync`); see
-//! [`MetaStore::set_durable_commits`]. Schema in docs/FORMAT.md ("Metadata").
+//! [`MetaStore::set_durable_commits`]. Relaxed commits may also be deferred: see
+//! [`SqliteMeta::write_deferring`]. Schema in docs/FORMAT.md ("Metadata").
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::ChunkId;
@@ -92,6 +94,10 @@ pub struct SqliteMeta {
     durable: AtomicBool,
     /// A commit since the last sync was made with `synchronous=NORMAL`.
     unsynced: AtomicBool,
+    /// When the open deferred transaction began, if one is open; guarded together with the
+    /// connection (taken after it), and waited on by [`MetaStore::commit_deferred_when_due`].
+    deferred: Mutex<Option<Instant>>,
+    deferred_open: Condvar,
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
@@ -121,6 +127,11 @@ fn node_from_row_at(r: &Row, at: usize) -> rusqlite::Result<Node> {
 }
 
 /// `execute` through the statement cache (parsing SQL was ~7% of a small file's commit).
+/// A statement without parameters or rows (transaction control), through the statement cache.
+fn run(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    c.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(params)
 }
@@ -162,6 +173,8 @@ impl SqliteMeta {
             conn: Mutex::new(conn),
             durable: AtomicBool::new(true),
             unsynced: AtomicBool::new(false),
+            deferred: Mutex::new(None),
+            deferred_open: Condvar::new(),
         };
         m.write(|tx| {
             let v: Option<String> = tx
@@ -190,21 +203,97 @@ impl SqliteMeta {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = lock(&self.conn);
         f(&c)
     }
 
     /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so concurrent
-    /// processes queue on busy_timeout instead of failing mid-transaction).
-    fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
-        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
+    /// processes queue on busy_timeout instead of failing mid-transaction) and commits it.
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.write_deferring(false, f)
+    }
+
+    /// Like [`SqliteMeta::write`], but with relaxed commits and `defer`, leaves the transaction
+    /// open: the next write joins it (as a savepoint, so its failure undoes only itself) and
+    /// commits both, or [`MetaStore::commit_deferred`] does. A created file is followed by its
+    /// content commit at close, so the two share one commit: half the log frames and locking
+    /// of committing each. This connection reads its own uncommitted changes, so the mount
+    /// sees the new node at once; other processes see it once committed (whoever relaxed the
+    /// commits runs [`MetaStore::commit_deferred_when_due`] to bound that). A crash before
+    /// then loses only changes that no close, fsync or later commit depended on.
+    fn write_deferring<T>(
+        &self,
+        defer: bool,
+        f: impl FnOnce(&Connection) -> Result<T>,
+    ) -> Result<T> {
+        let c = lock(&self.conn);
+        let joined = !c.is_autocommit();
+        run(
+            &c,
+            if joined {
+                "SAVEPOINT op"
+            } else {
+                "BEGIN IMMEDIATE"
+            },
+        )?;
+        let out = match f(&c) {
+            Ok(out) => out,
+            Err(e) => {
+                let undo = if joined {
+                    run(&c, "ROLLBACK TO op").and_then(|()| run(&c, "RELEASE op"))
+                } else {
+                    run(&c, "ROLLBACK")
+                };
+                if let Err(u) = undo {
+                    log::error!("undoing a failed metadata change failed: {u}");
+                }
+                return Err(e);
+            }
+        };
+        if joined {
+            run(&c, "RELEASE op")?;
+        }
+        if defer && !self.durable.load(Ordering::Relaxed) {
+            let mut since = lock(&self.deferred);
+            if since.is_none() {
+                *since = Some(Instant::now());
+                self.deferred_open.notify_all();
+            }
+            return Ok(out);
+        }
+        self.commit_open(&c)?;
+        Ok(out)
+    }
+
+    /// Commits the open transaction, if any (rolled back if the commit fails).
+    fn commit_open(&self, c: &Connection) -> Result<()> {
+        if c.is_autocommit() {
+            return Ok(());
+        }
+        let r = run(c, "COMMIT");
+        *lock(&self.deferred) = None;
+        if let Err(e) = r {
+            log::error!("metadata commit failed, its changes are undone: {e}");
+            let _ = run(c, "ROLLBACK");
+            return Err(e.into());
+        }
         if !self.durable.load(Ordering::Relaxed) {
             self.unsynced.store(true, Ordering::Relaxed);
         }
-        Ok(out)
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Drop for SqliteMeta {
+    fn drop(&mut self) {
+        let c = lock(&self.conn);
+        if let Err(e) = self.commit_open(&c) {
+            log::error!("committing deferred metadata changes at close failed: {e}");
+        }
     }
 }
 
@@ -288,7 +377,7 @@ fn check_name(name: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn touch_dir(tx: &Transaction, dir: Ino, t: TimeNs) -> Result<()> {
+fn touch_dir(tx: &Connection, dir: Ino, t: TimeNs) -> Result<()> {
     exec(
         tx,
         "UPDATE nodes SET mtime_ns=?2, ctime_ns=?2 WHERE ino=?1",
@@ -297,7 +386,7 @@ fn touch_dir(tx: &Transaction, dir: Ino, t: TimeNs) -> Result<()> {
     Ok(())
 }
 
-fn insert_node(tx: &Transaction, new: &NewNode, t: TimeNs) -> Result<Ino> {
+fn insert_node(tx: &Connection, new: &NewNode, t: TimeNs) -> Result<Ino> {
     let nlink = if new.kind == NodeKind::Dir { 2 } else { 1 };
     let rdev = match new.kind {
         NodeKind::CharDevice | NodeKind::BlockDevice => new.rdev,
@@ -324,7 +413,7 @@ fn insert_node(tx: &Transaction, new: &NewNode, t: TimeNs) -> Result<Ino> {
 }
 
 /// Drops a node's chunk references (its content is going away or being replaced).
-fn release_extents(tx: &Transaction, ino: Ino) -> Result<()> {
+fn release_extents(tx: &Connection, ino: Ino) -> Result<()> {
     exec(tx,
         "UPDATE chunks SET refcount = refcount - (SELECT COUNT(*) FROM extents e WHERE e.ino=?1 AND e.chunk=chunks.id)
          WHERE id IN (SELECT chunk FROM extents WHERE ino=?1)",
@@ -334,7 +423,7 @@ fn release_extents(tx: &Transaction, ino: Ino) -> Result<()> {
     Ok(())
 }
 
-fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
+fn add_extents(tx: &Connection, ino: Ino, content: &Content) -> Result<()> {
     // Inline objects first: the chunk rows below make them reachable, in this transaction.
     for (id, object) in &content.inline_objects {
         exec(
@@ -389,7 +478,7 @@ fn add_extents(tx: &Transaction, ino: Ino, content: &Content) -> Result<()> {
     Ok(())
 }
 
-fn set_content(tx: &Transaction, ino: Ino, content: &Content, t: TimeNs) -> Result<()> {
+fn set_content(tx: &Connection, ino: Ino, content: &Content, t: TimeNs) -> Result<()> {
     release_extents(tx, ino)?;
     add_extents(tx, ino, content)?;
     exec(
@@ -435,14 +524,14 @@ fn derived_totals(c: &Connection) -> Result<DerivedTotals> {
 }
 
 /// Removes a derived entry and its chunk references.
-fn drop_derived(tx: &Transaction, id: i64) -> Result<()> {
+fn drop_derived(tx: &Connection, id: i64) -> Result<()> {
     release_extents(tx, DERIVED_INO_BIT | id as u64)?;
     exec(tx, "DELETE FROM derived WHERE id=?1", [id])?;
     Ok(())
 }
 
 /// Removes a node entirely (last link gone).
-fn destroy_node(tx: &Transaction, ino: Ino) -> Result<()> {
+fn destroy_node(tx: &Connection, ino: Ino) -> Result<()> {
     release_extents(tx, ino)?;
     exec(tx, "DELETE FROM xattrs WHERE ino=?1", [ino as i64])?;
     exec(tx, "DELETE FROM nodes WHERE ino=?1", [ino as i64])?;
@@ -452,7 +541,7 @@ fn destroy_node(tx: &Transaction, ino: Ino) -> Result<()> {
 /// Drops one link; a node losing its last link is kept as an orphan (nlink 0) if `keep` says
 /// so (returns its inode), else destroyed.
 fn drop_link_keep(
-    tx: &Transaction,
+    tx: &Connection,
     node: &Node,
     t: TimeNs,
     keep: &dyn Fn(Ino) -> bool,
@@ -609,7 +698,9 @@ impl MetaStore for SqliteMeta {
 
     fn create(&self, parent: Ino, name: &[u8], new: NewNode) -> Result<Node> {
         check_name(name)?;
-        self.write(|tx| {
+        // A new file is about to get its content (or be closed): share that commit. Other
+        // nodes are committed at once (`mkdir d && spacectl policy set d …` must find d).
+        self.write_deferring(new.kind == NodeKind::File, |tx| {
             dir_node(tx, parent)?;
             if lookup(tx, parent, name)?.is_some() {
                 return Err(SpaceError::AlreadyExists(display_name(name)));
@@ -880,7 +971,9 @@ impl MetaStore for SqliteMeta {
     }
 
     fn set_durable_commits(&self, durable: bool) -> Result<()> {
-        let c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let c = lock(&self.conn);
+        // No pragma may change inside a transaction.
+        self.commit_open(&c)?;
         c.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
         // Relaxed commits come in streams of small transactions (a mount creating files):
         // checkpoint the log less often, so that pages rewritten by many of them (a busy
@@ -903,13 +996,14 @@ impl MetaStore for SqliteMeta {
     }
 
     fn sync(&self) -> Result<()> {
+        let mut c = lock(&self.conn);
+        self.commit_open(&c)?;
         if !self.unsynced.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
         // A commit with synchronous=FULL syncs the write-ahead log, and with it every frame
         // of the earlier commits before it.
-        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let run = |c: &mut Connection| -> Result<()> {
+        let mark_synced = |c: &mut Connection| -> Result<()> {
             c.pragma_update(None, "synchronous", "FULL")?;
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             exec(
@@ -920,7 +1014,7 @@ impl MetaStore for SqliteMeta {
             tx.commit()?;
             Ok(())
         };
-        let r = run(&mut c);
+        let r = mark_synced(&mut c);
         if !self.durable.load(Ordering::Relaxed) {
             c.pragma_update(None, "synchronous", "NORMAL")?;
         }
@@ -928,6 +1022,25 @@ impl MetaStore for SqliteMeta {
             self.unsynced.store(true, Ordering::Relaxed);
         }
         r
+    }
+
+    fn commit_deferred(&self) -> Result<()> {
+        let c = lock(&self.conn);
+        self.commit_open(&c)
+    }
+
+    fn commit_deferred_when_due(&self, limit: Duration, idle: Duration) -> Result<()> {
+        let since = {
+            let g = lock(&self.deferred);
+            let (g, _) = self
+                .deferred_open
+                .wait_timeout_while(g, idle, |d| d.is_none())
+                .unwrap_or_else(|p| p.into_inner());
+            *g
+        };
+        let Some(t0) = since else { return Ok(()) };
+        std::thread::sleep(limit.saturating_sub(t0.elapsed()));
+        self.commit_deferred()
     }
 
     fn orphans(&self) -> Result<Vec<Ino>> {
@@ -1239,7 +1352,7 @@ impl MetaStore for SqliteMeta {
         provenance: &str,
     ) -> Result<DerivedEntry> {
         self.write(|tx| {
-            let get = |tx: &Transaction| {
+            let get = |tx: &Connection| {
                 row(tx,
                     &format!("SELECT {DERIVED_COLS} FROM derived WHERE key=?1"),
                     [key.to_vec()],
@@ -1512,6 +1625,92 @@ mod tests {
         assert_eq!(synced_at(&m).unwrap(), first, "nothing new: no second sync");
         m.set_durable_commits(true).unwrap();
         assert_eq!(synchronous(&m), 2);
+    }
+
+    /// Two connections to one database: the mount's and another process's.
+    fn two_connections(dir: &tempfile::TempDir) -> (SqliteMeta, SqliteMeta) {
+        let path = dir.path().join("meta.db");
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        (m, SqliteMeta::open(&path, 0, 0).unwrap())
+    }
+
+    #[test]
+    fn relaxed_file_creation_shares_the_next_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        let seen_by_other = |name: &[u8]| other.lookup(ROOT_INO, name).unwrap().is_some();
+        m.set_durable_commits(false).unwrap();
+
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        assert!(
+            m.get(f.ino).unwrap().is_some(),
+            "the creating connection sees it at once"
+        );
+        assert!(
+            !seen_by_other(b"f"),
+            "other processes see it once committed"
+        );
+        // A failing change joins the open transaction and undoes only itself.
+        assert!(matches!(
+            m.create(ROOT_INO, b"f", new(NodeKind::File, 0)),
+            Err(SpaceError::AlreadyExists(_))
+        ));
+        assert!(
+            m.get(f.ino).unwrap().is_some(),
+            "the failure did not undo the creation"
+        );
+        // Directories are committed at once, and take the pending file with them.
+        m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(seen_by_other(b"d") && seen_by_other(b"f"));
+
+        m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
+        let content = Content {
+            chunks: Vec::new(),
+            size: 0,
+            provenance: None,
+            inline_objects: Vec::new(),
+        };
+        let g = m.lookup(ROOT_INO, b"g").unwrap().unwrap();
+        m.commit_content(g.ino, &content, None).unwrap();
+        assert!(
+            seen_by_other(b"g"),
+            "the content commit carries the creation"
+        );
+
+        m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
+        let t = Instant::now();
+        m.commit_deferred_when_due(Duration::from_millis(50), Duration::from_secs(5))
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(50),
+            "committed no earlier than asked"
+        );
+        assert!(seen_by_other(b"h"), "and committed by then");
+        let t = Instant::now();
+        m.commit_deferred_when_due(Duration::ZERO, Duration::from_millis(20))
+            .unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(20),
+            "nothing deferred: waits idle"
+        );
+
+        m.create(ROOT_INO, b"i", new(NodeKind::File, 0)).unwrap();
+        m.sync().unwrap();
+        assert!(seen_by_other(b"i"), "sync commits what was deferred");
+        m.create(ROOT_INO, b"j", new(NodeKind::File, 0)).unwrap();
+        drop(m);
+        assert!(
+            seen_by_other(b"j"),
+            "closing the store commits what was deferred"
+        );
+    }
+
+    #[test]
+    fn durable_commits_never_defer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
     }
 
     #[test]
