@@ -271,48 +271,7 @@ impl SpaceFs {
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         match classify(ino) {
-            InoKind::Store(i) => {
-                let node = self.node(i)?;
-                match node.kind {
-                    NodeKind::Dir => return Err(libc::EISDIR),
-                    NodeKind::Symlink => return Err(libc::ELOOP),
-                    NodeKind::File => {}
-                    // FIFOs, sockets, devices: the kernel opens those itself.
-                    _ => return Err(libc::ENXIO),
-                }
-                if write {
-                    self.check_writable()?;
-                }
-                let chains = self.chains(&node);
-                if chains.on_read && !write {
-                    return self.open_view(&node, None, 0);
-                }
-                let inode = self.acquire(&node, chains.on_write);
-                // A capsule with an on-write chain may be opened for writing, but only a whole
-                // rewrite is accepted: the first write fails with EPERM unless the content was
-                // truncated to 0 first (O_TRUNC does that) — see `ensure_buffer`.
-                let direct_io = chains.on_read || chains.on_write;
-                let keep_cache = !direct_io && {
-                    let mut cv = lock(&self.cached_versions);
-                    let keep = cv.get(&i) == Some(&node.version);
-                    cv.insert(i, node.version);
-                    keep
-                };
-                let name = self.name_of(&node);
-                let fh = self.handles.insert(Handle {
-                    kind: HandleKind::File {
-                        inode,
-                        write,
-                        reader: Mutex::new(None),
-                        name,
-                    },
-                });
-                Ok(Opened {
-                    fh,
-                    direct_io,
-                    keep_cache,
-                })
-            }
+            InoKind::Store(i) => self.open_node(self.node(i)?, write),
             InoKind::Raw(i) => {
                 if write {
                     return Err(libc::EROFS);
@@ -371,6 +330,49 @@ impl SpaceFs {
         }
     }
 
+    /// Opens a stored node (just read, or just created) for reading or writing.
+    fn open_node(&self, node: Node, write: bool) -> FsResult<Opened> {
+        match node.kind {
+            NodeKind::Dir => return Err(libc::EISDIR),
+            NodeKind::Symlink => return Err(libc::ELOOP),
+            NodeKind::File => {}
+            // FIFOs, sockets, devices: the kernel opens those itself.
+            _ => return Err(libc::ENXIO),
+        }
+        if write {
+            self.check_writable()?;
+        }
+        let chains = self.chains(&node);
+        if chains.on_read && !write {
+            return self.open_view(&node, None, 0);
+        }
+        let inode = self.acquire(&node, chains.on_write);
+        // A capsule with an on-write chain may be opened for writing, but only a whole
+        // rewrite is accepted: the first write fails with EPERM unless the content was
+        // truncated to 0 first (O_TRUNC does that) — see `ensure_buffer`.
+        let direct_io = chains.on_read || chains.on_write;
+        let keep_cache = !direct_io && {
+            let mut cv = lock(&self.cached_versions);
+            let keep = cv.get(&node.ino) == Some(&node.version);
+            cv.insert(node.ino, node.version);
+            keep
+        };
+        let name = self.name_of(&node);
+        let fh = self.handles.insert(Handle {
+            kind: HandleKind::File {
+                inode,
+                write,
+                reader: Mutex::new(None),
+                name,
+            },
+        });
+        Ok(Opened {
+            fh,
+            direct_io,
+            keep_cache,
+        })
+    }
+
     /// Creates and opens a new capsule.
     pub fn create(
         &self,
@@ -381,8 +383,9 @@ impl SpaceFs {
         caller: Caller,
     ) -> FsResult<(Attr, Opened)> {
         let node = self.create_file(parent, name, mode, caller)?;
-        let opened = self.open(node.ino, flags)?;
-        Ok((self.node_attr(&node), opened))
+        let attr = self.node_attr(&node);
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        Ok((attr, self.open_node(node, write)?))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

@@ -478,15 +478,25 @@ fn add_extents(tx: &Connection, ino: Ino, content: &Content) -> Result<()> {
     Ok(())
 }
 
-fn set_content(tx: &Connection, ino: Ino, content: &Content, t: TimeNs) -> Result<()> {
-    release_extents(tx, ino)?;
-    add_extents(tx, ino, content)?;
+/// Replaces the content of file `n`; returns the node as the update left it (no re-read).
+fn set_content(tx: &Connection, n: &Node, content: &Content, t: TimeNs) -> Result<Node> {
+    // Extents cover exactly [0, size) (fsck checks it): an empty file has none to release.
+    if n.size > 0 {
+        release_extents(tx, n.ino)?;
+    }
+    add_extents(tx, n.ino, content)?;
     exec(
         tx,
         "UPDATE nodes SET size=?2, version=version+1, mtime_ns=?3, ctime_ns=?3, provenance=?4 WHERE ino=?1",
-        params![ino as i64, content.size as i64, t, content.provenance],
+        params![n.ino as i64, content.size as i64, t, content.provenance],
     )?;
-    Ok(())
+    Ok(Node {
+        size: content.size,
+        version: n.version + 1,
+        mtime: t,
+        ctime: t,
+        ..n.clone()
+    })
 }
 
 const DERIVED_COLS: &str = "id, key, size, created_ns, used_ns, hits, provenance";
@@ -736,10 +746,7 @@ impl MetaStore for SqliteMeta {
             dir_node(tx, parent)?;
             let t = now_ns();
             match lookup(tx, parent, name)? {
-                Some(n) if n.kind == NodeKind::File => {
-                    set_content(tx, n.ino, content, t)?;
-                    Ok((must_node(tx, n.ino)?, true))
-                }
+                Some(n) if n.kind == NodeKind::File => Ok((set_content(tx, &n, content, t)?, true)),
                 Some(n) if n.kind == NodeKind::Dir => {
                     Err(SpaceError::IsADirectory(display_name(name)))
                 }
@@ -754,9 +761,9 @@ impl MetaStore for SqliteMeta {
                         "INSERT INTO dentries VALUES (?1, ?2, ?3)",
                         params![parent as i64, name, ino as i64],
                     )?;
-                    set_content(tx, ino, content, t)?;
+                    let n = set_content(tx, &must_node(tx, ino)?, content, t)?;
                     touch_dir(tx, parent, t)?;
-                    Ok((must_node(tx, ino)?, false))
+                    Ok((n, false))
                 }
             }
         })
@@ -781,8 +788,7 @@ impl MetaStore for SqliteMeta {
                     )));
                 }
             }
-            set_content(tx, ino, content, now_ns())?;
-            must_node(tx, ino)
+            set_content(tx, &n, content, now_ns())
         })
     }
 
