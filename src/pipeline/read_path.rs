@@ -218,7 +218,14 @@ impl ChunkCache {
 
     /// Queues a background decode of `id` into the cache (no-op if cached or in flight).
     /// Failures are dropped: a reader that needs the chunk decodes it and reports the error.
-    pub fn prefetch(self: &Arc<Self>, store: &Arc<Store>, id: ChunkId, context: String) {
+    /// `known`: where the chunk is stored, if the caller read it already.
+    pub fn prefetch(
+        self: &Arc<Self>,
+        store: &Arc<Store>,
+        id: ChunkId,
+        known: Option<ChunkLocation>,
+        context: String,
+    ) {
         // A cache too small to hold the read-ahead window would evict it before use.
         if self.budget < 4 * READAHEAD_BYTES || self.contains(&id) {
             return;
@@ -238,7 +245,7 @@ impl ChunkCache {
             if cache.contains(&id) {
                 return;
             }
-            match load_chunk(&store, &id, &|| context.clone()) {
+            match load_chunk_at(&store, &id, known, &|| context.clone()) {
                 Ok(d) => cache.insert(id, Arc::new(d)),
                 Err(e) => log::debug!("read-ahead of chunk {id} failed: {e}"),
             }
@@ -518,6 +525,10 @@ pub struct CapsuleReader {
     /// A window of the extent list around the last read (sequential reads need one query per
     /// 64 chunks, random reads one per miss).
     window: Vec<Extent>,
+    /// Where the window's chunks are stored (same order), read in the same query, so loading
+    /// a chunk needs no query of its own (for a small file: one query per read, not two).
+    /// Taken when used; a later miss looks the chunk up.
+    window_at: Vec<Option<ChunkLocation>>,
     /// Extents met by random reads, by offset (at most [`RANDOM_EXTENTS`], then started
     /// afresh): random reads over a region the reader has seen need no query.
     seen: BTreeMap<u64, Extent>,
@@ -563,6 +574,7 @@ impl CapsuleReader {
             version,
             name,
             window: Vec::new(),
+            window_at: Vec::new(),
             seen: BTreeMap::new(),
             last_end: None,
             ahead_to: 0,
@@ -595,7 +607,7 @@ impl CapsuleReader {
                 .filter(|e| offset < e.offset + e.len as u64)
         };
         if !self.random {
-            self.window = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+            self.load_window(offset)?;
             return find(&self.window).ok_or_else(|| self.no_extent(offset));
         }
         if let Some(e) = covering(&self.seen) {
@@ -607,6 +619,23 @@ impl CapsuleReader {
         }
         self.seen.extend(rows.into_iter().map(|e| (e.offset, e)));
         covering(&self.seen).ok_or_else(|| self.no_extent(offset))
+    }
+
+    /// Reads the window of extents (with their chunks' locations) from the one holding
+    /// `offset` on.
+    fn load_window(&mut self, offset: u64) -> Result<()> {
+        let rows = self
+            .store
+            .meta
+            .extents_located_from(self.ino, offset, WINDOW)?;
+        (self.window, self.window_at) = rows.into_iter().unzip();
+        Ok(())
+    }
+
+    /// The location of extent `e`'s chunk if the window read it and nobody used it yet.
+    fn take_location(&mut self, e: &Extent) -> Option<ChunkLocation> {
+        let i = self.window.iter().position(|w| w == e)?;
+        self.window_at[i].take()
     }
 
     fn no_extent(&self, offset: u64) -> SpaceError {
@@ -639,11 +668,12 @@ impl CapsuleReader {
                     || w.iter().filter(|e| e.offset > offset).count() >= READAHEAD_CHUNKS)
         };
         if !covered(&self.window) {
-            self.window = self.store.meta.extents_from(self.ino, offset, WINDOW)?;
+            self.load_window(offset)?;
         }
         let mut ahead_to = self.ahead_to;
-        let following = self.window.iter().filter(|e| e.offset > offset);
-        for (queued, e) in following.enumerate() {
+        let following = (0..self.window.len()).filter(|&i| self.window[i].offset > offset);
+        for (queued, i) in following.enumerate() {
+            let e = self.window[i];
             if queued >= READAHEAD_CHUNKS || (queued >= 2 && e.offset >= horizon) {
                 break;
             }
@@ -653,6 +683,7 @@ impl CapsuleReader {
             self.cache.prefetch(
                 &self.store,
                 e.chunk,
+                self.window_at[i].take(),
                 format!("{}, chunk at offset {} (read-ahead)", self.name, e.offset),
             );
             ahead_to = ahead_to.max(e.offset + e.len as u64);
@@ -705,8 +736,10 @@ impl CapsuleReader {
                     continue;
                 }
             }
+            let known = std::cell::Cell::new(self.take_location(&e));
+            let (name, store) = (&self.name, &self.store);
             let data = self.cache.get_or_load(&e.chunk, &|| {
-                load_chunk(store, &e.chunk, &|| {
+                load_chunk_at(store, &e.chunk, known.take(), &|| {
                     format!("{name}, chunk at offset {}", e.offset)
                 })
             })?;

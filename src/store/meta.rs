@@ -454,7 +454,7 @@ pub trait MetaStore: Send + Sync {
         Ok(())
     }
     /// For a background thread: waits up to `idle` for a deferred transaction to open, then
-    /// commits it once it has been open for `limit`.
+    /// commits it once it has been open for `limit` (unless something committed it first).
     fn commit_deferred_when_due(
         &self,
         limit: std::time::Duration,
