@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use space::space::PutOptions;
 use space::store::faulty::FaultyBackend;
+use space::store::meta::ROOT_INO;
 use space::store::{ChunkBackend, InitOptions, LocalBackend, Store, Unlock};
 use space::{Space, SpaceError};
 
@@ -74,6 +75,28 @@ fn flipped_bit_in_any_chunk_is_an_integrity_error_naming_capsule_and_chunk() {
     assert!(
         report.contains("DAMAGED chunk") && report.contains("/victim"),
         "{report}"
+    );
+
+    // A reader names the capsule by its path when it reports, not when it was opened (the
+    // path is only worked out for a message): renamed meanwhile, the new path is named.
+    let space = common::open(&dir);
+    let meta = &space.store.meta;
+    let node = meta.lookup(ROOT_INO, b"victim").unwrap().unwrap();
+    let mut reader = space.reader(&node);
+    meta.rename(ROOT_INO, b"victim", ROOT_INO, b"renamed", false)
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    let err = loop {
+        match reader.read_at(offset, &mut buf) {
+            Ok(0) => panic!("read past the damaged chunk"),
+            Ok(n) => offset += n as u64,
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        err.contains("capsule /renamed (") && err.contains(&node.uuid.to_string()),
+        "{err}"
     );
 }
 

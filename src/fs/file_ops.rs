@@ -13,7 +13,7 @@ use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
 use crate::pipeline::CapsuleReader;
-use crate::pipeline::read_path::load_chunk_at;
+use crate::pipeline::read_path::{ReaderName, load_chunk_at};
 use crate::store::meta::{ChunkLocation, Node, NodeKind, SetAttr};
 
 /// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
@@ -62,10 +62,11 @@ fn early_store_threshold(mem_limit: usize) -> usize {
 
 impl SpaceFs {
     /// Reads `[offset, offset + buf.len())` of content stored ahead of the commit.
+    /// `node` is only named in messages.
     fn read_eager(
         &self,
         e: &Eager,
-        name: &str,
+        node: &Node,
         offset: u64,
         buf: &mut [u8],
     ) -> std::io::Result<()> {
@@ -77,7 +78,8 @@ impl SpaceFs {
                 .partition_point(|c| c.extent.offset + c.extent.len as u64 <= pos);
             let Some(c) = e.chunks.get(i).filter(|c| c.extent.offset <= pos) else {
                 return Err(std::io::Error::other(format!(
-                    "{name}: no chunk stored ahead covers offset {pos}"
+                    "{}: no chunk stored ahead covers offset {pos}",
+                    self.name_of(node)
                 )));
             };
             let ext = c.extent;
@@ -93,6 +95,7 @@ impl SpaceFs {
                 .cache
                 .get_or_load(&ext.chunk, &|| {
                     load_chunk_at(store, &ext.chunk, known.clone(), &|| {
+                        let name = self.name_of(node);
                         format!("{name}, chunk at offset {} (not committed yet)", ext.offset)
                     })
                 })
@@ -200,12 +203,12 @@ impl SpaceFs {
         self.space.describe(node)
     }
 
-    pub(crate) fn new_reader(&self, node: &Node, name: &str) -> CapsuleReader {
+    pub(crate) fn new_reader(&self, node: &Node, name: ReaderName) -> CapsuleReader {
         CapsuleReader::new(
             Arc::clone(&self.space.store),
             Arc::clone(&self.space.cache),
             node,
-            name.to_string(),
+            name,
         )
     }
 
@@ -284,8 +287,7 @@ impl SpaceFs {
                         libc::ELOOP
                     });
                 }
-                let name = format!("{} (raw)", self.name_of(&node));
-                let reader = self.new_reader(&node, &name);
+                let reader = self.new_reader(&node, ReaderName::of_node(&node, " (raw)"));
                 let fh = self.handles.insert(Handle {
                     kind: HandleKind::Reader {
                         reader: Mutex::new(reader),
@@ -357,13 +359,11 @@ impl SpaceFs {
             cv.insert(node.ino, node.version);
             keep
         };
-        let name = self.name_of(&node);
         let fh = self.handles.insert(Handle {
             kind: HandleKind::File {
                 inode,
                 write,
                 reader: Mutex::new(None),
-                name,
             },
         });
         Ok(Opened {
@@ -434,16 +434,11 @@ impl SpaceFs {
             };
         let h = self.handles.get(fh).ok_or(libc::EBADF)?;
         let out = match &h.kind {
-            HandleKind::File {
-                inode,
-                reader,
-                name,
-                ..
-            } => {
+            HandleKind::File { inode, reader, .. } => {
                 let st = lock(&inode.state);
                 let mut r = lock(reader);
                 if r.as_ref().map(|r| r.version()) != Some(st.node.version) {
-                    *r = Some(self.new_reader(&st.node, name));
+                    *r = Some(self.new_reader(&st.node, ReaderName::of_node(&st.node, "")));
                 }
                 let reader = r.as_mut().expect("created above");
                 match &st.buf {
@@ -451,11 +446,11 @@ impl SpaceFs {
                         let mut out = vec![0u8; size];
                         let eager = st.eager.as_ref();
                         let mut base = |off: u64, b: &mut [u8]| match eager {
-                            Some(e) => self.read_eager(e, name, off, b),
+                            Some(e) => self.read_eager(e, &st.node, off, b),
                             None => read_exact_at(reader, off, b),
                         };
                         let n = buf.read(offset, &mut out, &mut base).map_err(|e| {
-                            log::error!("{name}: reading at {offset}: {e}");
+                            log::error!("{}: reading at {offset}: {e}", self.name_of(&st.node));
                             libc::EIO
                         })?;
                         out.truncate(n);
@@ -566,16 +561,22 @@ impl SpaceFs {
             });
         }
         let current = self.node(inode.ino)?;
-        let name = self.name_of(&current);
+        // Only an on-write chain names the file while storing (its path costs queries);
+        // failures name it below.
+        let what = if self.chains(&current).on_write {
+            self.name_of(&current)
+        } else {
+            String::new()
+        };
         let buf = st.buf.as_ref().expect("dirty implies a buffer");
-        let mut reader = self.new_reader(&st.node, &name);
+        let mut reader = self.new_reader(&st.node, ReaderName::of_node(&st.node, ""));
         let result = match &st.eager {
             None => {
                 let expect = (buf.base_len() > 0).then_some(st.node.version);
                 let mut base = |off: u64, b: &mut [u8]| read_exact_at(&mut reader, off, b);
                 let mut input = MergedReader::new(buf, &mut base);
                 self.space
-                    .write_content_named(&current, &name, &mut input, expect)
+                    .write_content_named(&current, &what, &mut input, expect)
             }
             // Only appended to since the chunks stored ahead: store the rest after them.
             Some(e) if buf.base_len() == e.len && buf.dirty_start().is_none_or(|s| s >= e.len) => {
@@ -584,14 +585,14 @@ impl SpaceFs {
                 };
                 let mut input = MergedReader::starting_at(buf, &mut nobase, e.len);
                 self.space
-                    .write_content_after(&current, &name, &e.chunks, e.len, &mut input)
+                    .write_content_after(&current, &what, &e.chunks, e.len, &mut input)
             }
             // Rewritten or truncated inside them: re-chunk the whole merged content.
             Some(e) => {
-                let mut base = |off: u64, b: &mut [u8]| self.read_eager(e, &name, off, b);
+                let mut base = |off: u64, b: &mut [u8]| self.read_eager(e, &current, off, b);
                 let mut input = MergedReader::new(buf, &mut base);
                 self.space
-                    .write_content_named(&current, &name, &mut input, None)
+                    .write_content_named(&current, &what, &mut input, None)
             }
         };
         let (mut node, report) = match result {
@@ -602,7 +603,7 @@ impl SpaceFs {
                     SpaceError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
                     _ => libc::EIO,
                 };
-                log::error!("{name}: committing writes failed: {e}");
+                log::error!("{}: committing writes failed: {e}", self.name_of(&current));
                 return Err(code);
             }
         };

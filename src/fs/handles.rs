@@ -108,7 +108,6 @@ pub(crate) enum HandleKind {
         write: bool,
         /// Reader of the committed version (re-created when the version changes).
         reader: Mutex<Option<CapsuleReader>>,
-        name: String,
     },
     /// A capsule through a view's chain, computed as it is read (read-only, direct I/O).
     Stream {

@@ -11,6 +11,7 @@ use super::handles::{Handle, HandleKind};
 use super::inode_table::{VIEWS_DIR, view_ino};
 use super::read_stream::ChainStream;
 use super::{Attr, FsResult, Kind, SpaceFs, errno, lock};
+use crate::pipeline::read_path::ReaderName;
 use crate::policy::Policy;
 use crate::store::meta::{Node, NodeKind};
 
@@ -248,7 +249,7 @@ impl SpaceFs {
         let what = name.clone();
         let chain = d.chain;
         let mut stream = ChainStream::new(
-            self.new_reader(node, &name),
+            self.new_reader(node, ReaderName::Text(name.as_str().into())),
             name,
             Box::new(move || space.open_chain(&chain, &what)),
             writer,

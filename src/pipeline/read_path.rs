@@ -224,7 +224,7 @@ impl ChunkCache {
         store: &Arc<Store>,
         id: ChunkId,
         known: Option<ChunkLocation>,
-        context: String,
+        context: Box<dyn Fn(&Store) -> String + Send>,
     ) {
         // A cache too small to hold the read-ahead window would evict it before use.
         if self.budget < 4 * READAHEAD_BYTES || self.contains(&id) {
@@ -245,7 +245,7 @@ impl ChunkCache {
             if cache.contains(&id) {
                 return;
             }
-            match load_chunk_at(&store, &id, known, &|| context.clone()) {
+            match load_chunk_at(&store, &id, known, &|| context(&store)) {
                 Ok(d) => cache.insert(id, Arc::new(d)),
                 Err(e) => log::debug!("read-ahead of chunk {id} failed: {e}"),
             }
@@ -514,6 +514,41 @@ pub fn describe(node: &Node, path: &str) -> String {
     format!("capsule {path} ({})", node.uuid)
 }
 
+/// How a reader names its capsule in messages. Working out a path costs metadata queries and
+/// most readers never report anything, so `Node` does it only when a message needs it.
+#[derive(Debug, Clone)]
+pub enum ReaderName {
+    Text(Arc<str>),
+    /// [`describe`] of the node (its path as of the message), then `suffix`.
+    Node {
+        ino: Ino,
+        uuid: uuid::Uuid,
+        suffix: &'static str,
+    },
+}
+
+impl ReaderName {
+    pub fn of_node(node: &Node, suffix: &'static str) -> ReaderName {
+        ReaderName::Node {
+            ino: node.ino,
+            uuid: node.uuid,
+            suffix,
+        }
+    }
+
+    pub fn render(&self, store: &Store) -> String {
+        match self {
+            ReaderName::Text(s) => s.to_string(),
+            ReaderName::Node { ino, uuid, suffix } => {
+                let path = store.meta.path_of(*ino).ok().flatten();
+                let path = path.as_deref().map(String::from_utf8_lossy);
+                let path = path.as_deref().unwrap_or("<unlinked>");
+                format!("capsule {path} ({uuid}){suffix}")
+            }
+        }
+    }
+}
+
 /// Random access to one version of a capsule's stored bytes.
 pub struct CapsuleReader {
     store: Arc<Store>,
@@ -521,7 +556,7 @@ pub struct CapsuleReader {
     ino: Ino,
     size: u64,
     version: u64,
-    name: String,
+    name: ReaderName,
     /// A window of the extent list around the last read (sequential reads need one query per
     /// 64 chunks, random reads one per miss).
     window: Vec<Extent>,
@@ -552,7 +587,7 @@ impl CapsuleReader {
         store: Arc<Store>,
         cache: Arc<ChunkCache>,
         node: &Node,
-        name: String,
+        name: ReaderName,
     ) -> CapsuleReader {
         Self::for_extents(store, cache, node.ino, node.size, node.version, name)
     }
@@ -564,7 +599,7 @@ impl CapsuleReader {
         ino: Ino,
         size: u64,
         version: u64,
-        name: String,
+        name: ReaderName,
     ) -> CapsuleReader {
         CapsuleReader {
             store,
@@ -640,7 +675,7 @@ impl CapsuleReader {
 
     fn no_extent(&self, offset: u64) -> SpaceError {
         SpaceError::Integrity {
-            context: format!("{} at offset {offset}", self.name),
+            context: format!("{} at offset {offset}", self.name.render(&self.store)),
             chunk: ChunkId([0; 32]),
             reason: "no chunk covers this offset (metadata damaged or capsule replaced)".into(),
         }
@@ -680,11 +715,15 @@ impl CapsuleReader {
             if e.offset < self.ahead_to {
                 continue; // queued by an earlier read
             }
+            let name = self.name.clone();
             self.cache.prefetch(
                 &self.store,
                 e.chunk,
                 self.window_at[i].take(),
-                format!("{}, chunk at offset {} (read-ahead)", self.name, e.offset),
+                Box::new(move |store| {
+                    let name = name.render(store);
+                    format!("{name}, chunk at offset {} (read-ahead)", e.offset)
+                }),
             );
             ahead_to = ahead_to.max(e.offset + e.len as u64);
         }
@@ -713,7 +752,7 @@ impl CapsuleReader {
         while done < buf.len() && offset + (done as u64) < self.size {
             let pos = offset + done as u64;
             let e = self.extent_at(pos)?;
-            let name = &self.name;
+            let name = || self.name.render(&self.store);
             let store = &self.store;
             let within = (pos - e.offset) as usize;
             let want = (e.len as usize - within).min(buf.len() - done);
@@ -722,13 +761,13 @@ impl CapsuleReader {
             if self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk) {
                 let out = &mut buf[done..done + want];
                 let part = load_chunk_part(store, &self.cache, &e.chunk, within, out, &|| {
-                    format!("{name}, chunk at offset {}", e.offset)
+                    format!("{}, chunk at offset {}", name(), e.offset)
                 })?;
                 if let Some(n) = part {
                     done += n;
                     if n < want {
                         return Err(SpaceError::Integrity {
-                            context: format!("{name} at offset {pos}"),
+                            context: format!("{} at offset {pos}", name()),
                             chunk: e.chunk,
                             reason: "chunk shorter than its extent".into(),
                         });
@@ -740,7 +779,7 @@ impl CapsuleReader {
             let (name, store) = (&self.name, &self.store);
             let data = self.cache.get_or_load(&e.chunk, &|| {
                 load_chunk_at(store, &e.chunk, known.take(), &|| {
-                    format!("{name}, chunk at offset {}", e.offset)
+                    format!("{}, chunk at offset {}", name.render(store), e.offset)
                 })
             })?;
             let n = (data.len() - within).min(buf.len() - done);

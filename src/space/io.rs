@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Space;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::EncodeSettings;
-use crate::pipeline::read_path::{self, stream_chunks};
+use crate::pipeline::read_path::{self, ReaderName, stream_chunks};
 use crate::pipeline::transform::{ChunkTransform, TransformReader};
 use crate::pipeline::write_path::write_prefix;
 use crate::pipeline::{CapsuleReader, WriteReport, write_stream};
@@ -311,7 +311,7 @@ impl Space {
             Arc::clone(&self.store),
             Arc::clone(&self.cache),
             node,
-            self.describe(node),
+            ReaderName::of_node(node, ""),
         )
     }
 

@@ -304,7 +304,7 @@ impl Space {
             entry.ino,
             entry.size,
             0,
-            name,
+            crate::pipeline::read_path::ReaderName::Text(name.into()),
         )
     }
 
