@@ -470,15 +470,17 @@ impl SpaceFs {
                 stream,
             } => {
                 let mut s = lock(stream);
-                let out = s.read(offset, size).map_err(|e| {
-                    // Names capsule, transform and chunk; only this handle fails.
-                    log::error!("{e}");
-                    libc::EIO
+                let filled = into_scratch(scratch, &mut |buf| {
+                    s.read_into(offset, buf).map_err(|e| {
+                        // Names capsule, transform and chunk; only this handle fails.
+                        log::error!("{e}");
+                        libc::EIO
+                    })
                 })?;
                 if let Some(total) = s.known_size() {
                     lock(&self.transformed_sizes).insert((inode.ino, *view), (s.version(), total));
                 }
-                out
+                return Ok(filled);
             }
             HandleKind::Reader { reader, .. } => {
                 let mut reader = lock(reader);

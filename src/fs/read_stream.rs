@@ -99,10 +99,9 @@ impl ChainStream {
     }
 
     /// Chunk-local, size-preserving read: only the chunks under the range are computed.
-    fn read_fixed(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+    fn read_fixed(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let total = self.reader.size();
-        let end = (offset + size as u64).min(total);
-        let mut result = Vec::with_capacity((end.saturating_sub(offset)) as usize);
+        let end = (offset + buf.len() as u64).min(total);
         let mut pos = offset;
         while pos < end {
             let Some(ext) = self.reader.chunk_at(pos)? else {
@@ -132,10 +131,11 @@ impl ChainStream {
             };
             let from = (pos - ext.offset) as usize;
             let to = ((end - ext.offset) as usize).min(out.len());
-            result.extend_from_slice(&out[from..to]);
+            let at = (pos - offset) as usize;
+            buf[at..at + to - from].copy_from_slice(&out[from..to]);
             pos = ext.offset + to as u64;
         }
-        Ok(result)
+        Ok((pos - offset) as usize)
     }
 
     fn fixed_mut(&mut self) -> &mut Fixed {
@@ -305,9 +305,8 @@ impl ChainStream {
 
     /// Chunk-local read: find (or compute up to) the chunks covering the range; only chunks
     /// past the indexed prefix are computed in order, any other is computed alone.
-    fn read_local(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let mut result = Vec::with_capacity(size);
-        let end = offset + size as u64;
+    fn read_local(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let end = offset + buf.len() as u64;
         let mut pos = offset;
         while pos < end {
             let l = self.local.as_ref().expect("chunk-local stream");
@@ -323,22 +322,25 @@ impl ChainStream {
             let out = self.local_output(i)?;
             let from = (pos - out_off) as usize;
             let to = ((end - out_off) as usize).min(out.len());
-            result.extend_from_slice(&out[from..to]);
+            let at = (pos - offset) as usize;
+            buf[at..at + to - from].copy_from_slice(&out[from..to]);
             pos = out_off + to as u64;
         }
-        Ok(result)
+        Ok((pos - offset) as usize)
     }
 
-    /// Reads transformed bytes at `offset` (returns fewer than asked only at the end).
-    pub fn read(&mut self, offset: u64, size: usize) -> Result<Vec<u8>> {
+    /// Reads transformed bytes at `offset` into `buf` (the request's buffer, reused across
+    /// requests: no allocation per read); returns how many, fewer than asked only at the end.
+    pub fn read_into(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = buf.len();
         if let Some(m) = &self.failed {
             return Err(SpaceError::Transform(m.clone()));
         }
         if self.local.is_some() {
             let r = if self.local.as_ref().is_some_and(|l| l.fixed.is_some()) {
-                self.read_fixed(offset, size)
+                self.read_fixed(offset, buf)
             } else {
-                self.read_local(offset, size)
+                self.read_local(offset, buf)
             };
             return r.inspect_err(|e| {
                 self.failed = Some(e.to_string());
@@ -369,10 +371,11 @@ impl ChainStream {
             }
         }
         if offset >= self.out_start + self.out.len() as u64 {
-            return Ok(Vec::new());
+            return Ok(0);
         }
         let from = (offset - self.out_start) as usize;
         let to = (from + size).min(self.out.len());
-        Ok(self.out[from..to].to_vec())
+        buf[..to - from].copy_from_slice(&self.out[from..to]);
+        Ok(to - from)
     }
 }
