@@ -60,7 +60,7 @@ declare -A R
 # the table shows medians and each round's ratio.
 for r in $(seq "$ROUNDS"); do
 for fs in space gocrypt; do
-    case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small; do R[$fs.$k.$r]=1; done; continue ;; esac
+    case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small smallc smallr; do R[$fs.$k.$r]=1; done; continue ;; esac
     M="$WORK/$fs.mnt"
     rm -rf "$M/big.bin" "$M/small"
     # The source is read into the page cache first (as store_bench.py does for put): a cold
@@ -97,13 +97,15 @@ for i in range(n): open(f"{d}/f{i}", "rb").read()
 PY
     t3=$(now)
     R[$fs.small.$r]=$(python3 -c "print(f'{$SMALL_FILES/(($t1-$t0)+($t3-$t2)):.0f}')")
+    R[$fs.smallc.$r]=$(python3 -c "print(f'{$SMALL_FILES/($t1-$t0):.0f}')")
+    R[$fs.smallr.$r]=$(python3 -c "print(f'{$SMALL_FILES/($t3-$t2):.0f}')")
 done
 done
 
 # median of one figure over the rounds; "each" = every round's SPACE/gocryptfs ratio
 med() { local v=(); for r in $(seq "$ROUNDS"); do v+=("${R[$1.$2.$r]}"); done; python3 -c "import statistics,sys; print(f'{statistics.median(map(float, sys.argv[1:])):.1f}')" "${v[@]}"; }
 each() { local v=(); for r in $(seq "$ROUNDS"); do v+=("${R[space.$1.$r]}" "${R[gocrypt.$1.$r]}"); done; python3 -c "import sys; a=list(map(float, sys.argv[1:])); print(', '.join(f'{a[i]/a[i+1]:.2f}' for i in range(0, len(a), 2)))" "${v[@]}"; }
-for k in seqw seqr rand small; do R[space.$k]=$(med space $k); R[gocrypt.$k]=$(med gocrypt $k); done
+for k in seqw seqr rand small smallc smallr; do R[space.$k]=$(med space $k); R[gocrypt.$k]=$(med gocrypt $k); done
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 echo
 echo "Medians of $ROUNDS alternating rounds."
@@ -114,6 +116,8 @@ echo "| sequential write ${SIZE_MIB} MiB (MiB/s) | ${R[space.seqw]} | ${R[gocryp
 echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[gocrypt.seqr]} | $(ratio "${R[space.seqr]}" "${R[gocrypt.seqr]}") | $(each seqr) |"
 echo "| random 4 KiB reads, cold (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | $(ratio "${R[space.rand]}" "${R[gocrypt.rand]}") | $(each rand) |"
 echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | ${R[gocrypt.small]} | $(ratio "${R[space.small]}" "${R[gocrypt.small]}") | $(each small) |"
+echo "| ... of which create (files/s) | ${R[space.smallc]} | ${R[gocrypt.smallc]} | $(ratio "${R[space.smallc]}" "${R[gocrypt.smallc]}") | $(each smallc) |"
+echo "| ... of which open+read, cold (files/s) | ${R[space.smallr]} | ${R[gocrypt.smallr]} | $(ratio "${R[space.smallr]}" "${R[gocrypt.smallr]}") | $(each smallr) |"
 
 if [ -n "${IDENTITY_WASM:-}" ]; then
     # Identity on-read chain vs no chain, and RSS while streaming a BIG_MIB capsule through it.
