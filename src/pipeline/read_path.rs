@@ -509,17 +509,13 @@ fn plan_part_reads(
     }
 }
 
-/// How a capsule is named in errors: path if known, and UUID.
-pub fn describe(node: &Node, path: &str) -> String {
-    format!("capsule {path} ({})", node.uuid)
-}
-
 /// How a reader names its capsule in messages. Working out a path costs metadata queries and
 /// most readers never report anything, so `Node` does it only when a message needs it.
 #[derive(Debug, Clone)]
 pub enum ReaderName {
     Text(Arc<str>),
-    /// [`describe`] of the node (its path as of the message), then `suffix`.
+    /// `capsule PATH (UUID)` of the node, its path as of the message (`<unlinked>` if it has
+    /// none), then `suffix`.
     Node {
         ino: Ino,
         uuid: uuid::Uuid,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::Space;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::EncodeSettings;
-use crate::pipeline::read_path::{self, ReaderName, stream_chunks};
+use crate::pipeline::read_path::{ReaderName, stream_chunks};
 use crate::pipeline::transform::{ChunkTransform, TransformReader};
 use crate::pipeline::write_path::write_prefix;
 use crate::pipeline::{CapsuleReader, WriteReport, write_stream};
@@ -354,10 +354,6 @@ impl Space {
         let mut v = Vec::with_capacity(node.size as usize);
         self.read_to(node, view, &mut v, &|_| {})?;
         Ok(v)
-    }
-
-    pub fn describe_chunk_error(&self, node: &Node) -> String {
-        read_path::describe(node, &self.describe(node))
     }
 }
 

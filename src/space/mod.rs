@@ -158,16 +158,8 @@ impl Space {
         }
     }
 
-    /// A name for messages: path if the node is reachable, else its UUID.
+    /// A name for messages: `capsule PATH (UUID)`, the path as of now.
     pub fn describe(&self, node: &Node) -> String {
-        let path = self
-            .store
-            .meta
-            .path_of(node.ino)
-            .ok()
-            .flatten()
-            .map(|p| String::from_utf8_lossy(&p).into_owned())
-            .unwrap_or_else(|| "<unlinked>".into());
-        crate::pipeline::read_path::describe(node, &path)
+        crate::pipeline::read_path::ReaderName::of_node(node, "").render(&self.store)
     }
 }
