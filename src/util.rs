@@ -85,3 +85,9 @@ pub fn spawn_periodic<T: ?Sized + Send + Sync + 'static>(
         })
         .map(|_| ())
 }
+
+/// Locks a mutex, ignoring poisoning: a thread that panicked while holding it (a request, a
+/// read-ahead job) must not wedge every later user of the mount or the store.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

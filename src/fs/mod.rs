@@ -26,7 +26,7 @@ pub mod xattr;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Space;
@@ -53,10 +53,7 @@ pub(crate) fn errno(e: SpaceError) -> Errno {
     code
 }
 
-/// Locks a mutex, ignoring poisoning (a panicked request must not wedge the mount).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::util::lock;
 
 /// Who is asking (from the request header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

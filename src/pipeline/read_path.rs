@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use lru::LruCache;
 
@@ -18,6 +18,7 @@ use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::{self, IdCheck};
 use crate::store::meta::{ChunkLocation, Extent, Ino, Node};
 use crate::store::{ChunkId, Store};
+use crate::util::lock;
 
 /// Decoded chunks shared by all readers, bounded by bytes (not entries).
 ///
@@ -67,18 +68,14 @@ struct LoadGuard<C: Deref<Target = ChunkCache>> {
 impl<C: Deref<Target = ChunkCache>> Drop for LoadGuard<C> {
     fn drop(&mut self) {
         {
-            let mut m = plock(&self.cache.inflight);
+            let mut m = lock(&self.cache.inflight);
             if m.get(&self.id).is_some_and(|f| Arc::ptr_eq(f, &self.flag)) {
                 m.remove(&self.id);
             }
         }
-        *plock(&self.flag.done) = true;
+        *lock(&self.flag.done) = true;
         self.flag.cv.notify_all();
     }
-}
-
-fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Decoded bytes read ahead of a sequential reader (at most this many chunks, and no more than
@@ -111,7 +108,7 @@ fn readahead_pool() -> &'static mpsc::Sender<PoolJob> {
                 .name(format!("space-readahead-{i}"))
                 .spawn(move || {
                     loop {
-                        let job = plock(&rx).recv();
+                        let job = lock(&rx).recv();
                         match job {
                             Ok(job) => job(),
                             Err(_) => return,
@@ -151,16 +148,16 @@ impl ChunkCache {
 
     /// A cached chunk, without counting a hit or miss.
     fn lookup(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        plock(&self.inner).lru.get(id).cloned()
+        lock(&self.inner).lru.get(id).cloned()
     }
 
     fn contains(&self, id: &ChunkId) -> bool {
-        plock(&self.inner).lru.contains(id)
+        lock(&self.inner).lru.contains(id)
     }
 
     /// Marks `id` as being decoded by the caller, or returns the decode already under way.
     fn claim(&self, id: &ChunkId) -> std::result::Result<Arc<Inflight>, Arc<Inflight>> {
-        let mut m = plock(&self.inflight);
+        let mut m = lock(&self.inflight);
         match m.get(id) {
             Some(f) => Err(Arc::clone(f)),
             None => {
@@ -205,7 +202,7 @@ impl ChunkCache {
                 hit_or_load()
             }
             Err(flag) => {
-                let mut done = plock(&flag.done);
+                let mut done = lock(&flag.done);
                 while !*done {
                     done = flag.cv.wait(done).unwrap_or_else(|p| p.into_inner());
                 }
@@ -254,7 +251,7 @@ impl ChunkCache {
     }
 
     pub fn get(&self, id: &ChunkId) -> Option<Arc<Vec<u8>>> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.inner);
         let hit = g.lru.get(id).cloned();
         if hit.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -268,7 +265,7 @@ impl ChunkCache {
         if data.len() as u64 > self.budget {
             return;
         }
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = lock(&self.inner);
         let CacheState { lru, used } = &mut *g;
         *used += data.len() as u64;
         if let Some(old) = lru.put(id, data) {
@@ -403,7 +400,7 @@ pub fn load_chunk_part(
     // (a damaged copy), once more with the head read from the object itself.
     let mut trust_metadata_head = true;
     loop {
-        let cached = plock(&cache.parts).get(id).cloned();
+        let cached = lock(&cache.parts).get(id).cloned();
         let plan = match cached {
             Some(None) => return Ok(None),
             Some(Some(plan)) => plan,
@@ -414,11 +411,11 @@ pub fn load_chunk_part(
                         PlanError::Decode(e) => integrity(e.to_string()),
                     })?;
                 let Some(plan) = planned else {
-                    plock(&cache.parts).put(*id, None);
+                    lock(&cache.parts).put(*id, None);
                     return Ok(None);
                 };
                 let plan = Arc::new(plan);
-                plock(&cache.parts).put(*id, Some(Arc::clone(&plan)));
+                lock(&cache.parts).put(*id, Some(Arc::clone(&plan)));
                 plan
             }
         };
@@ -430,7 +427,7 @@ pub fn load_chunk_part(
             Ok(s) => s,
             // Moved by a gc since: forget the plan, read the object whole (a fresh lookup).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                plock(&cache.parts).pop(id);
+                lock(&cache.parts).pop(id);
                 return Ok(None);
             }
             Err(e) => return Err(io_error(e)),
@@ -439,7 +436,7 @@ pub fn load_chunk_part(
         let plain = match plan.object.open(&store.keys, segments, sealed) {
             Ok(p) => p,
             Err(_) if plan.head_from_metadata => {
-                plock(&cache.parts).pop(id);
+                lock(&cache.parts).pop(id);
                 trust_metadata_head = false;
                 continue;
             }

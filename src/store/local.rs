@@ -18,12 +18,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
 use super::ChunkId;
 use super::backend::{ChunkBackend, PackLoc};
+use crate::util::lock;
 
 /// Magic of a pack record header: `"SPKR" ‖ u32le(object length) ‖ chunk id (32 bytes)`.
 pub const PACK_RECORD_MAGIC: &[u8; 4] = b"SPKR";
@@ -65,10 +66,6 @@ struct ActivePack {
     len: AtomicU64,
     /// Writeback has been started for everything before this offset.
     flushed_to: AtomicU64,
-}
-
-fn plock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn pack_name(id: u64) -> String {
@@ -153,7 +150,7 @@ impl LocalBackend {
             let _ = fs::remove_file(&tmp);
         }
         result?;
-        plock(&self.dirty_dirs).insert(id.0[0]);
+        lock(&self.dirty_dirs).insert(id.0[0]);
         Ok(())
     }
 
@@ -197,7 +194,7 @@ impl LocalBackend {
             Some(ph) => at + (PACK_ALIGN - (at + ph) % PACK_ALIGN) % PACK_ALIGN,
             None => at,
         };
-        let mut active = plock(&self.active);
+        let mut active = lock(&self.active);
         if let Some(p) = active.as_ref() {
             let end = p.len.load(Ordering::Relaxed);
             let at = aligned(end);
@@ -223,7 +220,7 @@ impl LocalBackend {
         let record = PACK_RECORD_HEADER + bytes.len() as u64;
         let phase = align_at.map(|a| PACK_RECORD_HEADER + a as u64);
         let (pack, pad_from, at) = self.reserve(dir, record, phase)?;
-        plock(&self.dirty_packs).insert(pack.id, Arc::clone(&pack));
+        lock(&self.dirty_packs).insert(pack.id, Arc::clone(&pack));
         let pad = (at - pad_from) as usize;
         let mut buf = Vec::with_capacity(pad + record as usize);
         buf.resize(pad, 0);
@@ -285,7 +282,7 @@ impl LocalBackend {
         pack: u64,
         advice: Option<libc::c_int>,
     ) -> io::Result<Arc<File>> {
-        if let Some(f) = plock(cache).get(&pack) {
+        if let Some(f) = lock(cache).get(&pack) {
             return Ok(Arc::clone(f));
         }
         let dir = self
@@ -298,7 +295,7 @@ impl LocalBackend {
             unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice) };
         }
         let f = Arc::new(f);
-        plock(cache).put(pack, Arc::clone(&f));
+        lock(cache).put(pack, Arc::clone(&f));
         Ok(f)
     }
 }
@@ -414,13 +411,12 @@ impl ChunkBackend for LocalBackend {
     }
 
     fn sync(&self) -> io::Result<()> {
-        let _one_at_a_time = plock(&self.sync_lock);
-        let packs: Vec<Arc<ActivePack>> =
-            plock(&self.dirty_packs).drain().map(|(_, p)| p).collect();
+        let _one_at_a_time = lock(&self.sync_lock);
+        let packs: Vec<Arc<ActivePack>> = lock(&self.dirty_packs).drain().map(|(_, p)| p).collect();
         for (i, p) in packs.iter().enumerate() {
             if let Err(e) = p.file.sync_data() {
                 // Put the marks back so a retry syncs again.
-                let mut d = plock(&self.dirty_packs);
+                let mut d = lock(&self.dirty_packs);
                 for q in &packs[i..] {
                     d.insert(q.id, Arc::clone(q));
                 }
@@ -435,7 +431,7 @@ impl ChunkBackend for LocalBackend {
                 }
             }
         }
-        let dirty = std::mem::take(&mut *plock(&self.dirty_dirs));
+        let dirty = std::mem::take(&mut *lock(&self.dirty_dirs));
         if dirty.is_empty() {
             return Ok(());
         }
@@ -443,7 +439,7 @@ impl ChunkBackend for LocalBackend {
         // SAFETY: syncfs on a descriptor we own.
         if unsafe { libc::syncfs(root.as_raw_fd()) } != 0 {
             let e = io::Error::last_os_error();
-            plock(&self.dirty_dirs).extend(dirty);
+            lock(&self.dirty_dirs).extend(dirty);
             return Err(e);
         }
         Ok(())
@@ -499,8 +495,8 @@ impl ChunkBackend for LocalBackend {
         if flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
             return Ok(false);
         }
-        plock(&self.readers).pop(&pack);
-        plock(&self.random_readers).pop(&pack);
+        lock(&self.readers).pop(&pack);
+        lock(&self.random_readers).pop(&pack);
         fs::remove_file(&path)?;
         if let Some(dir) = &self.packs_dir {
             fsync_dir(dir)?;

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::error::{Result, SpaceError};
+use crate::util::lock;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {
@@ -69,7 +70,7 @@ impl StoreLock {
             }
             LockMode::Shared => {
                 // Held while the first holder waits for gc to finish: the others wait too.
-                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                let mut shared = lock(&self.shared);
                 if shared.0 == 0 {
                     if shared.1.is_none() {
                         shared.1 = Some(self.open_file()?);
@@ -91,8 +92,8 @@ impl Drop for LockGuard<'_> {
             LockGuard::Exclusive(file) => unsafe {
                 libc::flock(file.as_raw_fd(), libc::LOCK_UN);
             },
-            LockGuard::Shared(lock) => {
-                let mut shared = lock.shared.lock().unwrap_or_else(|p| p.into_inner());
+            LockGuard::Shared(store_lock) => {
+                let mut shared = lock(&store_lock.shared);
                 shared.0 -= 1;
                 if shared.0 == 0 {
                     if let Some(file) = &shared.1 {

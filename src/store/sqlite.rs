@@ -15,6 +15,7 @@ use uuid::Uuid;
 use super::ChunkId;
 use super::meta::*;
 use crate::error::{Result, SpaceError};
+use crate::util::lock;
 
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -282,10 +283,6 @@ impl SqliteMeta {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for SqliteMeta {
