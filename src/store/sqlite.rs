@@ -128,13 +128,13 @@ fn node_from_row_at(r: &Row, at: usize) -> rusqlite::Result<Node> {
 }
 
 /// `execute` through the statement cache (parsing SQL was ~7% of a small file's commit).
-/// A statement without parameters or rows (transaction control), through the statement cache.
-fn run(c: &Connection, sql: &str) -> rusqlite::Result<()> {
-    c.prepare_cached(sql)?.execute([]).map(|_| ())
-}
-
 fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(params)
+}
+
+/// A statement without parameters or rows (transaction control).
+fn run(c: &Connection, sql: &str) -> rusqlite::Result<()> {
+    exec(c, sql, []).map(|_| ())
 }
 
 /// `query_row` through the statement cache.
