@@ -24,7 +24,7 @@ use rand::RngCore;
 
 use crate::crypto::{DataKeys, NONCE_LEN, TAG_LEN, ct_eq};
 use crate::policy::{CompressionAlgorithm, Policy};
-use crate::store::ChunkId;
+use crate::store::{ChunkId, ObjectBytes};
 
 pub const MAGIC: &[u8; 4] = b"SPCO";
 pub const VERSION: u8 = 1;
@@ -470,16 +470,24 @@ pub enum IdCheck {
 pub fn decode(
     keys: &DataKeys,
     id: &ChunkId,
-    mut object: Vec<u8>,
+    object: impl Into<ObjectBytes>,
     check: IdCheck,
 ) -> Result<Vec<u8>, DecodeError> {
-    if object.len() < FIXED_HEADER || &object[..4] != MAGIC {
+    let (mut object, mut start) = object.into().into_parts();
+    // A segmented object's plaintext is moved to the front segment by segment anyway; any
+    // other object is moved there first (only segmented objects are read directly).
+    if start > 0 && object.get(start + 4) != Some(&VERSION_SEGMENTED) {
+        object.drain(..start);
+        start = 0;
+    }
+    let head = &object[start..];
+    if head.len() < FIXED_HEADER || &head[..4] != MAGIC {
         return Err(DecodeError::Malformed("bad magic or too short"));
     }
-    let flags = object[5];
-    let segment_shift = check_version(&object)?;
-    let plain_len = u32::from_le_bytes(object[8..12].try_into().unwrap()) as usize;
-    let mut pos = FIXED_HEADER;
+    let flags = head[5];
+    let segment_shift = check_version(head)?;
+    let plain_len = u32::from_le_bytes(head[8..12].try_into().unwrap()) as usize;
+    let mut pos = start + FIXED_HEADER;
     let salt: Option<[u8; SALT_LEN]> = if flags & FLAG_SALTED != 0 {
         let s = object
             .get(pos..pos + SALT_LEN)
@@ -499,7 +507,7 @@ pub fn decode(
         if object.len() < sealed_at + TAG_LEN {
             return Err(DecodeError::Malformed("truncated ciphertext"));
         }
-        let mut aad = object[..pos].to_vec();
+        let mut aad = object[start..pos].to_vec();
         aad.extend_from_slice(&id.0);
         match segment_shift {
             Some(shift) => {
@@ -713,6 +721,35 @@ mod tests {
                 assert!(decode(&keys, &id, obj[..cut].to_vec(), IdCheck::Always).is_err());
             }
             assert!(decode(&keys, &id, obj[..obj.len() - 1].to_vec(), IdCheck::Always).is_err());
+        }
+    }
+
+    #[test]
+    fn objects_starting_inside_their_buffer_decode_alike() {
+        // A direct read hands the decoder the object some bytes into an aligned buffer.
+        let keys = DataKeys::new(&MasterKey::generate());
+        for s in all_settings() {
+            let mut data: Vec<u8> = (0..100_000u32).map(|i| (i % 13) as u8).collect();
+            rand::rngs::OsRng.fill_bytes(&mut data[50_000..]);
+            let salt = new_salt(s);
+            let id = chunk_id(&keys, s, &data, salt.as_ref());
+            let obj = encode(&keys, s, &id, &data, salt.as_ref());
+            for lead in [1usize, 17, 4096 - 24] {
+                let mut buf = vec![0xAA; lead];
+                buf.extend_from_slice(&obj);
+                let decoded = decode(
+                    &keys,
+                    &id,
+                    ObjectBytes::new(buf.clone(), lead),
+                    IdCheck::Always,
+                );
+                assert_eq!(decoded.unwrap(), data, "{s:?} lead {lead}");
+                buf[lead + obj.len() / 2] ^= 1;
+                assert!(
+                    decode(&keys, &id, ObjectBytes::new(buf, lead), IdCheck::Always).is_err(),
+                    "{s:?} lead {lead}: a flipped bit is still caught"
+                );
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use lru::LruCache;
 use crate::error::{Result, SpaceError};
 use crate::pipeline::chunk_codec::{self, IdCheck};
 use crate::store::meta::{ChunkLocation, Extent, Ino, Node};
-use crate::store::{ChunkId, Store};
+use crate::store::{ChunkId, ObjectBytes, Store};
 use crate::util::lock;
 
 /// Decoded chunks shared by all readers, bounded by bytes (not entries).
@@ -321,12 +321,12 @@ fn load_chunk_checked(
     check: IdCheck,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    let fetch = |located: Option<ChunkLocation>| -> std::io::Result<Vec<u8>> {
+    let fetch = |located: Option<ChunkLocation>| -> std::io::Result<ObjectBytes> {
         match located {
             Some(ChunkLocation {
                 inline: Some(object),
                 ..
-            }) => Ok(object),
+            }) => Ok(object.into()),
             Some(ChunkLocation {
                 loc, stored_len, ..
             }) => store.chunks.get(id, loc, stored_len),
@@ -334,7 +334,7 @@ fn load_chunk_checked(
             None => store.chunks.get(id, None, 0),
         }
     };
-    let lookup = || -> std::io::Result<Vec<u8>> {
+    let lookup = || -> std::io::Result<ObjectBytes> {
         fetch(
             store
                 .meta

@@ -36,7 +36,7 @@ pub trait ChunkBackend: Send + Sync {
         self.put(id, bytes)
     }
     /// Reads an object of `len` bytes: at `loc` if packed, else by id.
-    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<Vec<u8>>;
+    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<ObjectBytes>;
     /// Reads bytes `range` of an object of `len` bytes (for partial reads of segmented
     /// objects). The default reads the whole object.
     fn get_range(
@@ -73,6 +73,54 @@ pub trait ChunkBackend: Send + Sync {
     fn pack_in_use(&self, pack: u64) -> bool {
         let _ = pack;
         true
+    }
+}
+
+/// An object's bytes as read: they start `start` bytes into the buffer. A direct (O_DIRECT)
+/// read lands at an aligned address before the object; keeping that prefix instead of moving
+/// the object to the front lets the decoder move each segment's plaintext only once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectBytes {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl ObjectBytes {
+    /// The object is `buf[start..]`.
+    pub fn new(buf: Vec<u8>, start: usize) -> ObjectBytes {
+        assert!(start <= buf.len(), "object start past the buffer");
+        ObjectBytes { buf, start }
+    }
+
+    /// The buffer and where the object starts in it.
+    pub fn into_parts(self) -> (Vec<u8>, usize) {
+        (self.buf, self.start)
+    }
+
+    /// The object alone (moves it to the front of its buffer if needed).
+    pub fn into_vec(self) -> Vec<u8> {
+        let (mut buf, start) = self.into_parts();
+        buf.drain(..start);
+        buf
+    }
+}
+
+impl From<Vec<u8>> for ObjectBytes {
+    fn from(buf: Vec<u8>) -> ObjectBytes {
+        ObjectBytes { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for ObjectBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl std::ops::DerefMut for ObjectBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..]
     }
 }
 

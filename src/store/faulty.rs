@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::ChunkId;
-use super::backend::{ChunkBackend, PackLoc};
+use super::backend::{ChunkBackend, ObjectBytes, PackLoc};
 
 pub struct FaultyBackend {
     inner: Arc<dyn ChunkBackend>,
@@ -45,7 +45,7 @@ impl ChunkBackend for FaultyBackend {
         self.inner.put(id, bytes)
     }
 
-    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> io::Result<Vec<u8>> {
+    fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> io::Result<ObjectBytes> {
         let mut b = self.inner.get(id, loc, len)?;
         let at = self.flip_at.load(Ordering::SeqCst);
         if at != u64::MAX && (at as usize) < b.len() {

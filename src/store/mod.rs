@@ -12,7 +12,7 @@ mod sqlite;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use backend::{ChunkBackend, PackLoc};
+pub use backend::{ChunkBackend, ObjectBytes, PackLoc};
 pub use config::StoreConfig;
 pub use local::LocalBackend;
 pub use lock::{LockMode, StoreLock};
