@@ -134,3 +134,39 @@ proptest! {
         prop_assert_eq!(&buf[..n], &data[off..(off + 5000).min(len)]);
     }
 }
+
+/// Reads inside one chunk come back as that chunk's shared bytes (no copy), reads across
+/// chunks are copied; both give exactly the stored bytes, at every offset and size tried.
+#[test]
+fn shared_and_copied_reads_return_the_same_bytes() {
+    use space::pipeline::ReadOut;
+    let (_t, dir) = common::new_store();
+    let space = common::open(&dir);
+    let data = common::random_bytes(200_000, 9);
+    let node = put(&space, "/f", &data, policy(false, true, true));
+    let mut reader = space.reader(&node);
+    let (mut shared, mut copied) = (0, 0);
+    let mut buf = vec![0u8; 20_000];
+    // Sequential 20,000-byte reads over 4 KiB-average chunks, then random ones, then the tail.
+    let mut offsets: Vec<u64> = (0..10).map(|i| i * 20_000).collect();
+    offsets.extend([150_001, 3, 77_777, 199_990, 200_000, 250_000]);
+    for off in offsets {
+        for len in [1usize, 100, 4096, 20_000] {
+            let want = &data[(off as usize).min(data.len())..(off as usize + len).min(data.len())];
+            match reader.read_shared_or_into(off, &mut buf[..len]).unwrap() {
+                ReadOut::Shared(chunk, range) => {
+                    shared += 1;
+                    assert_eq!(&chunk[range], want, "shared read of {len} at {off}");
+                }
+                ReadOut::Copied(n) => {
+                    copied += 1;
+                    assert_eq!(&buf[..n], want, "copied read of {len} at {off}");
+                }
+            }
+        }
+    }
+    assert!(
+        shared > 10 && copied > 10,
+        "both paths taken: {shared} shared, {copied} copied"
+    );
+}

@@ -12,8 +12,8 @@ use super::inode_table::{InoKind, classify};
 use super::write_buffer::{MergedReader, WriteBuffer};
 use super::{Attr, Caller, FsResult, SpaceFs, Stats, errno, lock};
 use crate::error::SpaceError;
-use crate::pipeline::CapsuleReader;
 use crate::pipeline::read_path::{ReaderName, load_chunk_at};
+use crate::pipeline::{CapsuleReader, ReadOut};
 use crate::store::meta::{ChunkLocation, Node, NodeKind, SetAttr};
 
 /// Largest file size accepted (writes and truncates beyond it fail with EFBIG).
@@ -52,6 +52,8 @@ enum Filled {
     Owned(Vec<u8>),
     /// The first n bytes of the caller's scratch buffer.
     Scratch(usize),
+    /// Bytes of a decoded chunk (a read inside one chunk is replied from it, uncopied).
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
 }
 
 /// Overlay bytes kept in memory before the leading chunks of a file written front to back are
@@ -411,6 +413,7 @@ impl SpaceFs {
             let bytes = match &filled {
                 Filled::Owned(v) => &v[..],
                 Filled::Scratch(n) => &scratch[..*n],
+                Filled::Shared(chunk, range) => &chunk[range.clone()],
             };
             Stats::inc(&self.stats.read_requests);
             Stats::add(&self.stats.bytes_read, bytes.len() as u64);
@@ -432,6 +435,16 @@ impl SpaceFs {
                 }
                 read(&mut scratch[..size]).map(Filled::Scratch)
             };
+        let from_reader = |scratch: &mut Vec<u8>, reader: &mut CapsuleReader| {
+            if scratch.len() < size {
+                scratch.resize(size, 0);
+            }
+            match reader.read_shared_or_into(offset, &mut scratch[..size]) {
+                Ok(ReadOut::Shared(chunk, range)) => Ok(Filled::Shared(chunk, range)),
+                Ok(ReadOut::Copied(n)) => Ok(Filled::Scratch(n)),
+                Err(e) => Err(errno(e)),
+            }
+        };
         let h = self.handles.get(fh).ok_or(libc::EBADF)?;
         let out = match &h.kind {
             HandleKind::File { inode, reader, .. } => {
@@ -458,9 +471,7 @@ impl SpaceFs {
                     }
                     None => {
                         drop(st);
-                        return into_scratch(scratch, &mut |out| {
-                            reader.read_at(offset, out).map_err(errno)
-                        });
+                        return from_reader(scratch, reader);
                     }
                 }
             }
@@ -483,10 +494,7 @@ impl SpaceFs {
                 return Ok(filled);
             }
             HandleKind::Reader { reader, .. } => {
-                let mut reader = lock(reader);
-                return into_scratch(scratch, &mut |out| {
-                    reader.read_at(offset, out).map_err(errno)
-                });
+                return from_reader(scratch, &mut lock(reader));
             }
             HandleKind::Bytes(b) => {
                 let from = (offset as usize).min(b.len());

@@ -7,6 +7,6 @@ pub mod read_path;
 pub mod transform;
 pub mod write_path;
 
-pub use read_path::{CapsuleReader, ChunkCache};
+pub use read_path::{CapsuleReader, ChunkCache, ReadOut};
 pub use transform::{ChunkTransform, TransformError, TransformFactory};
 pub use write_path::{WriteReport, write_stream};

@@ -542,6 +542,14 @@ impl ReaderName {
     }
 }
 
+/// What [`CapsuleReader::read_shared_or_into`] read.
+pub enum ReadOut {
+    /// Bytes `range` of a decoded chunk.
+    Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
+    /// The first n bytes of the caller's buffer.
+    Copied(usize),
+}
+
 /// Random access to one version of a capsule's stored bytes.
 pub struct CapsuleReader {
     store: Arc<Store>,
@@ -726,7 +734,37 @@ impl CapsuleReader {
 
     /// Reads up to `buf.len()` bytes at `offset`; returns 0 at end of capsule.
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let slack = (buf.len() as u64 * 4).clamp(SEQUENTIAL_SLACK_MIN, SEQUENTIAL_SLACK);
+        self.note_read(offset, buf.len())?;
+        self.copy_out(offset, buf)
+    }
+
+    /// [`CapsuleReader::read_at`] without a copy when the bytes asked for lie in one chunk:
+    /// then it returns the chunk's decoded bytes (shared with the cache) and the range of
+    /// them asked for, so a reply can be sent straight from them. Otherwise it fills `buf`.
+    pub fn read_shared_or_into(&mut self, offset: u64, buf: &mut [u8]) -> Result<ReadOut> {
+        self.note_read(offset, buf.len())?;
+        if offset < self.size {
+            let e = self.extent_at(offset)?;
+            let within = (offset - e.offset) as usize;
+            let want = buf.len().min((self.size - offset) as usize);
+            let in_one_chunk = within + want <= e.len as usize;
+            // A small random read decodes only its segments (copy_out does that).
+            let partial =
+                self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk);
+            if in_one_chunk && !partial {
+                let data = self.decoded(&e)?;
+                if data.len() >= within + want {
+                    self.last_end = Some(offset + want as u64);
+                    return Ok(ReadOut::Shared(data, within..within + want));
+                }
+            }
+        }
+        self.copy_out(offset, buf).map(ReadOut::Copied)
+    }
+
+    /// Bookkeeping of a read of `len` bytes at `offset`: sequential or random, and read-ahead.
+    fn note_read(&mut self, offset: u64, len: usize) -> Result<()> {
+        let slack = (len as u64 * 4).clamp(SEQUENTIAL_SLACK_MIN, SEQUENTIAL_SLACK);
         let sequential = match self.last_end {
             None => offset == 0,
             Some(end) => offset.abs_diff(end) <= slack,
@@ -741,6 +779,22 @@ impl CapsuleReader {
         if sequential && (offset == 0 || self.streak >= 2) && offset < self.size {
             self.read_ahead(offset)?;
         }
+        Ok(())
+    }
+
+    /// The decoded bytes of extent `e`'s chunk (from the cache, or loaded into it).
+    fn decoded(&mut self, e: &Extent) -> Result<Arc<Vec<u8>>> {
+        let known = std::cell::Cell::new(self.take_location(e));
+        let (name, store) = (&self.name, &self.store);
+        self.cache.get_or_load(&e.chunk, &|| {
+            load_chunk_at(store, &e.chunk, known.take(), &|| {
+                format!("{}, chunk at offset {}", name.render(store), e.offset)
+            })
+        })
+    }
+
+    /// Copies the bytes at `offset` into `buf` (see [`CapsuleReader::read_at`]).
+    fn copy_out(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let mut done = 0usize;
         while done < buf.len() && offset + (done as u64) < self.size {
             let pos = offset + done as u64;
@@ -768,13 +822,7 @@ impl CapsuleReader {
                     continue;
                 }
             }
-            let known = std::cell::Cell::new(self.take_location(&e));
-            let (name, store) = (&self.name, &self.store);
-            let data = self.cache.get_or_load(&e.chunk, &|| {
-                load_chunk_at(store, &e.chunk, known.take(), &|| {
-                    format!("{}, chunk at offset {}", name.render(store), e.offset)
-                })
-            })?;
+            let data = self.decoded(&e)?;
             let n = (data.len() - within).min(buf.len() - done);
             buf[done..done + n].copy_from_slice(&data[within..within + n]);
             done += n;
