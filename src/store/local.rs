@@ -396,9 +396,9 @@ impl LocalBackend {
                 }
             }
         }
-        // SAFETY: the first `shift + lead + len` bytes past the (unread) alignment gap are
-        // written by pread; the gap bytes are never exposed (the object starts after them) but
-        // must be initialised to be part of the vector.
+        // SAFETY: pread wrote bytes `shift..shift + done` (done >= lead + len); the alignment
+        // gap before `shift` is zeroed here, so every byte of the new length is initialised
+        // (the gap and the lead are never part of the object).
         unsafe {
             std::ptr::write_bytes(buf.as_mut_ptr(), 0, shift);
             buf.set_len(shift + lead + len);
