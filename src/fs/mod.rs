@@ -205,7 +205,6 @@ impl SpaceFs {
             space.store.meta.set_durable_commits(false)?;
             spawn_syncer(Arc::downgrade(&space.store.meta));
             spawn_committer(Arc::downgrade(&space.store.meta));
-            spawn_checkpointer(Arc::downgrade(&space.store.meta));
         }
         Ok(SpaceFs {
             space: Arc::new(space),
@@ -310,27 +309,6 @@ fn spawn_committer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
         });
     if let Err(e) = spawned {
         log::error!("cannot start the metadata commit thread: {e}");
-    }
-}
-
-/// Checkpoints the metadata's write-ahead log in the background, so that no `close()` waits
-/// for one, until the store is dropped.
-fn spawn_checkpointer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
-    let spawned = std::thread::Builder::new()
-        .name("spacefs-checkpoint".into())
-        .spawn(move || {
-            // Lowest priority: copying the log into the database can wait for idle CPU
-            // (a commit checkpoints itself if the log grows far too long meanwhile).
-            // SAFETY: plain syscalls; on Linux setpriority with a thread id affects only it.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
-            while let Some(m) = meta.upgrade() {
-                if let Err(e) = m.checkpoint_when_due(Duration::from_secs(1)) {
-                    log::warn!("checkpointing the metadata log failed: {e}");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("cannot start the metadata checkpoint thread: {e}");
     }
 }
 

@@ -465,15 +465,6 @@ pub trait MetaStore: Send + Sync {
         Ok(())
     }
 
-    /// For a background thread: from the first call on, commits leave write-ahead-log
-    /// checkpoints to this thread (a commit still checkpoints itself if the log grows far past
-    /// the usual size). Waits up to `idle` for the log to reach that size, then checkpoints
-    /// it without holding up readers or writers.
-    fn checkpoint_when_due(&self, idle: std::time::Duration) -> Result<()> {
-        std::thread::sleep(idle);
-        Ok(())
-    }
-
     /// Distinct policy texts containing `needle` (e.g. every policy declaring views).
     fn policies_containing(&self, needle: &str) -> Result<Vec<String>>;
 

@@ -5,7 +5,7 @@
 //! [`SqliteMeta::write_deferring`]. Schema in docs/FORMAT.md ("Metadata").
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,47 +21,6 @@ pub const SCHEMA_VERSION: i64 = 1;
 
 /// Write-ahead log size (pages of 4 KiB) that triggers a checkpoint under relaxed commits.
 const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 16384;
-/// Once a background thread checkpoints (see [`MetaStore::checkpoint_when_due`]): a commit
-/// leaving the log this long checkpoints it itself, as SQLite would, in case that thread
-/// falls behind.
-const WAL_CHECKPOINT_BACKSTOP: i64 = 4 * WAL_CHECKPOINT_PAGES_RELAXED;
-
-/// Checkpoints handed from the committing threads to a background one.
-struct WalCheckpoints {
-    /// Set once the WAL hook below replaces SQLite's automatic checkpoints.
-    handed_over: AtomicBool,
-    /// A commit left the log at least `threshold` frames long since the last checkpoint.
-    due: Mutex<bool>,
-    due_cv: Condvar,
-    threshold: AtomicU64,
-    backstop: AtomicU64,
-    /// The background thread's own connection (a checkpoint on it does not hold up writers).
-    conn: Mutex<Option<Connection>>,
-}
-
-/// SQLite's WAL hook, called by the committing thread after each commit with the log's
-/// length in frames. Replaces the automatic checkpoint (itself such a hook), which ran a
-/// checkpoint (syncing the log, copying pages, syncing the database: 50-60 ms here) inside
-/// whichever `close()` crossed the threshold.
-unsafe extern "C" fn on_wal_commit(
-    arg: *mut std::ffi::c_void,
-    db: *mut rusqlite::ffi::sqlite3,
-    name: *const std::ffi::c_char,
-    frames: std::ffi::c_int,
-) -> std::ffi::c_int {
-    // SAFETY: `arg` is the WalCheckpoints of the SqliteMeta owning this connection, which
-    // lives as long as the connection.
-    let wal = unsafe { &*(arg as *const WalCheckpoints) };
-    let frames = frames.max(0) as u64;
-    if frames >= wal.backstop.load(Ordering::Relaxed) {
-        // SAFETY: the hook's own connection and database name, as SQLite's default hook does.
-        unsafe { rusqlite::ffi::sqlite3_wal_checkpoint(db, name) };
-    } else if frames >= wal.threshold.load(Ordering::Relaxed) {
-        *lock(&wal.due) = true;
-        wal.due_cv.notify_one();
-    }
-    rusqlite::ffi::SQLITE_OK
-}
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -138,9 +97,6 @@ pub struct SqliteMeta {
     unsynced: AtomicBool,
     /// The write-ahead log (`<db>-wal`), which [`MetaStore::sync`] flushes.
     wal_path: PathBuf,
-    db_path: PathBuf,
-    /// Boxed: the WAL hook keeps a pointer to it.
-    checkpoints: Box<WalCheckpoints>,
     /// When the open deferred transaction began, if one is open; guarded together with the
     /// connection (taken after it), and waited on by [`MetaStore::commit_deferred_when_due`].
     deferred: Mutex<Option<Instant>>,
@@ -225,15 +181,6 @@ impl SqliteMeta {
                 p.push("-wal");
                 PathBuf::from(p)
             },
-            db_path: path.to_path_buf(),
-            checkpoints: Box::new(WalCheckpoints {
-                handed_over: AtomicBool::new(false),
-                due: Mutex::new(false),
-                due_cv: Condvar::new(),
-                threshold: AtomicU64::new(WAL_CHECKPOINT_PAGES_RELAXED as u64),
-                backstop: AtomicU64::new(WAL_CHECKPOINT_BACKSTOP as u64),
-                conn: Mutex::new(None),
-            }),
             deferred: Mutex::new(None),
             deferred_open: Condvar::new(),
         };
@@ -342,16 +289,6 @@ impl SqliteMeta {
             self.unsynced.store(true, Ordering::Relaxed);
         }
         Ok(())
-    }
-}
-
-impl SqliteMeta {
-    /// Replaces the connection's automatic checkpoints with [`on_wal_commit`].
-    fn install_wal_hook(&self, c: &Connection) {
-        let arg = &*self.checkpoints as *const WalCheckpoints as *mut std::ffi::c_void;
-        // SAFETY: the connection is ours; `arg` outlives it (both belong to `self`, and the
-        // hook is only called from commits on this connection).
-        unsafe { rusqlite::ffi::sqlite3_wal_hook(c.handle(), Some(on_wal_commit), arg) };
     }
 }
 
@@ -1060,46 +997,11 @@ impl MetaStore for SqliteMeta {
                 WAL_CHECKPOINT_PAGES_RELAXED
             },
         )?;
-        // The pragma above reinstalled SQLite's own checkpoint hook.
-        if self.checkpoints.handed_over.load(Ordering::Relaxed) {
-            self.install_wal_hook(&c);
-        }
         self.durable.store(durable, Ordering::Relaxed);
         drop(c);
         if durable {
             self.sync()?;
         }
-        Ok(())
-    }
-
-    fn checkpoint_when_due(&self, idle: Duration) -> Result<()> {
-        let wal = &self.checkpoints;
-        if !wal.handed_over.swap(true, Ordering::Relaxed) {
-            self.install_wal_hook(&lock(&self.conn));
-        }
-        let due = {
-            let g = lock(&wal.due);
-            let (mut g, _) = wal
-                .due_cv
-                .wait_timeout_while(g, idle, |due| !*due)
-                .unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *g)
-        };
-        if !due {
-            return Ok(());
-        }
-        let mut conn = lock(&wal.conn);
-        let conn = match &mut *conn {
-            Some(c) => c,
-            empty => {
-                let c = Connection::open(&self.db_path)?;
-                c.busy_timeout(Duration::from_secs(30))?;
-                empty.insert(c)
-            }
-        };
-        // PASSIVE: copies what it can without waiting for (or blocking) readers and writers;
-        // the next commit after a complete one starts the log over.
-        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -1690,51 +1592,6 @@ mod tests {
             target: None,
             rdev,
         }
-    }
-
-    #[test]
-    fn a_background_thread_takes_over_wal_checkpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("meta.db");
-        let m = SqliteMeta::open(&db, 0, 0).unwrap();
-        m.set_durable_commits(false).unwrap();
-        let wal = &m.checkpoints;
-        wal.threshold.store(40, Ordering::Relaxed);
-        wal.backstop.store(1 << 40, Ordering::Relaxed);
-        let db_len = || std::fs::metadata(&db).unwrap().len();
-        let mkdirs = |from: usize| {
-            for i in from..from + 300 {
-                m.create(ROOT_INO, format!("d{i}").as_bytes(), new(NodeKind::Dir, 0))
-                    .unwrap();
-            }
-        };
-        // Nothing due: the call only takes checkpoints over from the commits.
-        m.checkpoint_when_due(Duration::from_millis(1)).unwrap();
-        let before = db_len();
-        mkdirs(0);
-        assert_eq!(db_len(), before, "commits leave checkpoints to the thread");
-        m.checkpoint_when_due(Duration::from_secs(10)).unwrap();
-        assert!(
-            db_len() > before,
-            "the thread checkpointed the log into the database"
-        );
-        // set_durable_commits reinstalls SQLite's own hook; ours must come back.
-        m.set_durable_commits(false).unwrap();
-        let before = db_len();
-        mkdirs(300);
-        assert_eq!(
-            db_len(),
-            before,
-            "still the thread's job after a mode change"
-        );
-        // Past the backstop a commit checkpoints itself (the thread may be behind or gone).
-        wal.backstop.store(40, Ordering::Relaxed);
-        mkdirs(600);
-        assert!(
-            db_len() > before,
-            "the backstop checkpointed without the thread"
-        );
-        assert!(m.lookup(ROOT_INO, b"d899").unwrap().is_some());
     }
 
     #[test]
