@@ -56,6 +56,14 @@ enum Filled {
     Shared(Arc<Vec<u8>>, std::ops::Range<usize>),
 }
 
+/// The first `size` bytes of the reused request buffer (grown if needed).
+fn sized(scratch: &mut Vec<u8>, size: usize) -> &mut [u8] {
+    if scratch.len() < size {
+        scratch.resize(size, 0);
+    }
+    &mut scratch[..size]
+}
+
 /// Overlay bytes kept in memory before the leading chunks of a file written front to back are
 /// stored ahead of the commit (instead of spilling to a temporary file).
 fn early_store_threshold(mem_limit: usize) -> usize {
@@ -430,20 +438,14 @@ impl SpaceFs {
     ) -> FsResult<Filled> {
         let into_scratch =
             |scratch: &mut Vec<u8>, read: &mut dyn FnMut(&mut [u8]) -> FsResult<usize>| {
-                if scratch.len() < size {
-                    scratch.resize(size, 0);
-                }
-                read(&mut scratch[..size]).map(Filled::Scratch)
+                read(sized(scratch, size)).map(Filled::Scratch)
             };
-        let from_reader = |scratch: &mut Vec<u8>, reader: &mut CapsuleReader| {
-            if scratch.len() < size {
-                scratch.resize(size, 0);
-            }
-            match reader.read_shared_or_into(offset, &mut scratch[..size]) {
-                Ok(ReadOut::Shared(chunk, range)) => Ok(Filled::Shared(chunk, range)),
-                Ok(ReadOut::Copied(n)) => Ok(Filled::Scratch(n)),
-                Err(e) => Err(errno(e)),
-            }
+        let from_reader = |scratch: &mut Vec<u8>, reader: &mut CapsuleReader| match reader
+            .read_shared_or_into(offset, sized(scratch, size))
+        {
+            Ok(ReadOut::Shared(chunk, range)) => Ok(Filled::Shared(chunk, range)),
+            Ok(ReadOut::Copied(n)) => Ok(Filled::Scratch(n)),
+            Err(e) => Err(errno(e)),
         };
         let h = self.handles.get(fh).ok_or(libc::EBADF)?;
         let out = match &h.kind {

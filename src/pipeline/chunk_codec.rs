@@ -473,13 +473,14 @@ pub fn decode(
     object: impl Into<ObjectBytes>,
     check: IdCheck,
 ) -> Result<Vec<u8>, DecodeError> {
-    let (mut object, mut start) = object.into().into_parts();
+    let object = object.into();
     // A segmented object's plaintext is moved to the front segment by segment anyway; any
     // other object is moved there first (only segmented objects are read directly).
-    if start > 0 && object.get(start + 4) != Some(&VERSION_SEGMENTED) {
-        object.drain(..start);
-        start = 0;
-    }
+    let (mut object, start) = if object.get(4) == Some(&VERSION_SEGMENTED) {
+        object.into_parts()
+    } else {
+        (object.into_vec(), 0)
+    };
     let head = &object[start..];
     if head.len() < FIXED_HEADER || &head[..4] != MAGIC {
         return Err(DecodeError::Malformed("bad magic or too short"));

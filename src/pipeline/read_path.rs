@@ -748,10 +748,8 @@ impl CapsuleReader {
             let within = (offset - e.offset) as usize;
             let want = buf.len().min((self.size - offset) as usize);
             let in_one_chunk = within + want <= e.len as usize;
-            // A small random read decodes only its segments (copy_out does that).
-            let partial =
-                self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk);
-            if in_one_chunk && !partial {
+            // copy_out decodes only the segments under such a read.
+            if in_one_chunk && !self.reads_in_part(&e, want) {
                 let data = self.decoded(&e)?;
                 if data.len() >= within + want {
                     self.last_end = Some(offset + want as u64);
@@ -782,6 +780,13 @@ impl CapsuleReader {
         Ok(())
     }
 
+    /// Whether a read of `want` bytes of extent `e`'s chunk authenticates and decrypts just
+    /// the segments under it instead of the whole chunk: a small read out of sequence, unless
+    /// the chunk is decoded already.
+    fn reads_in_part(&self, e: &Extent, want: usize) -> bool {
+        self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk)
+    }
+
     /// The decoded bytes of extent `e`'s chunk (from the cache, or loaded into it).
     fn decoded(&mut self, e: &Extent) -> Result<Arc<Vec<u8>>> {
         let known = std::cell::Cell::new(self.take_location(e));
@@ -803,9 +808,7 @@ impl CapsuleReader {
             let store = &self.store;
             let within = (pos - e.offset) as usize;
             let want = (e.len as usize - within).min(buf.len() - done);
-            // A small read out of sequence: authenticate and decrypt just the segments under
-            // it instead of the whole chunk (unless the chunk is decoded already).
-            if self.random && want * 2 < e.len as usize && !self.cache.contains(&e.chunk) {
+            if self.reads_in_part(&e, want) {
                 let out = &mut buf[done..done + want];
                 let part = load_chunk_part(store, &self.cache, &e.chunk, within, out, &|| {
                     format!("{}, chunk at offset {}", name(), e.offset)

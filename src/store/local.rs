@@ -58,8 +58,8 @@ pub struct LocalBackend {
     random_readers: Mutex<LruCache<u64, Arc<File>>>,
     /// Pack descriptors opened with O_DIRECT, for whole objects not in the page cache.
     direct_readers: Mutex<LruCache<u64, Arc<File>>>,
-    /// Cleared when the file system refuses O_DIRECT or RWF_NOWAIT: then every read is
-    /// buffered.
+    /// Cleared when the file system refuses O_DIRECT or the kernel cannot tell what is in
+    /// the page cache (no cachestat): then every read is buffered.
     direct_ok: AtomicBool,
 }
 
@@ -276,21 +276,13 @@ impl LocalBackend {
         }
     }
 
-    fn reader(&self, pack: u64) -> io::Result<Arc<File>> {
-        self.cached_reader(&self.readers, pack, None)
-    }
-
-    /// A descriptor of `pack` for reads of a few segments at random places.
-    fn random_reader(&self, pack: u64) -> io::Result<Arc<File>> {
-        self.cached_reader(&self.random_readers, pack, Some(libc::POSIX_FADV_RANDOM))
-    }
-
-    fn cached_reader(
-        &self,
-        cache: &Mutex<LruCache<u64, Arc<File>>>,
-        pack: u64,
-        advice: Option<libc::c_int>,
-    ) -> io::Result<Arc<File>> {
+    /// A descriptor of `pack` for reads of kind `how` (each kind keeps its own descriptors).
+    fn pack_reader(&self, pack: u64, how: PackRead) -> io::Result<Arc<File>> {
+        let cache = match how {
+            PackRead::Whole => &self.readers,
+            PackRead::Segments => &self.random_readers,
+            PackRead::Direct => &self.direct_readers,
+        };
         if let Some(f) = lock(cache).get(&pack) {
             return Ok(Arc::clone(f));
         }
@@ -298,15 +290,32 @@ impl LocalBackend {
             .packs_dir
             .as_ref()
             .ok_or_else(|| io::Error::other("packed object in a store without packs"))?;
-        let f = File::open(dir.join(pack_name(pack)))?;
-        if let Some(advice) = advice {
+        let mut options = OpenOptions::new();
+        options.read(true);
+        if how == PackRead::Direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let f = options.open(dir.join(pack_name(pack)))?;
+        if how == PackRead::Segments {
             // SAFETY: plain syscall on a descriptor we own; advice only, failure is harmless.
-            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice) };
+            unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         }
         let f = Arc::new(f);
         lock(cache).put(pack, Arc::clone(&f));
         Ok(f)
     }
+}
+
+/// How a pack is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PackRead {
+    /// Whole objects through the page cache (with the kernel's read-ahead).
+    Whole,
+    /// A few segments at random places: POSIX_FADV_RANDOM, so reading two 4 KiB segments
+    /// reads two pages.
+    Segments,
+    /// Whole objects not in the page cache: O_DIRECT.
+    Direct,
 }
 
 /// Objects at least this long that are not in the page cache are read with O_DIRECT.
@@ -322,7 +331,7 @@ impl LocalBackend {
     /// again (readers keep the decoded chunks). A cached object is copied from the page cache
     /// as before, so rereads of recent writes never wait for the disk.
     fn read_packed(&self, loc: PackLoc, len: usize) -> io::Result<ObjectBytes> {
-        let f = self.reader(loc.pack)?;
+        let f = self.pack_reader(loc.pack, PackRead::Whole)?;
         if len < DIRECT_READ_MIN || !self.direct_ok.load(Ordering::Relaxed) {
             return read_exact_uninit(&f, len, loc.offset).map(ObjectBytes::from);
         }
@@ -343,24 +352,7 @@ impl LocalBackend {
     }
 
     fn read_direct(&self, loc: PackLoc, len: usize) -> io::Result<ObjectBytes> {
-        let cached = lock(&self.direct_readers).get(&loc.pack).cloned();
-        let f = match cached {
-            Some(f) => f,
-            None => {
-                let dir = self
-                    .packs_dir
-                    .as_ref()
-                    .ok_or_else(|| io::Error::other("packed object in a store without packs"))?;
-                let f = Arc::new(
-                    OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_DIRECT)
-                        .open(dir.join(pack_name(loc.pack)))?,
-                );
-                lock(&self.direct_readers).put(loc.pack, Arc::clone(&f));
-                f
-            }
-        };
+        let f = self.pack_reader(loc.pack, PackRead::Direct)?;
         let from = loc.offset & !(DIRECT_ALIGN as u64 - 1);
         let lead = (loc.offset - from) as usize;
         let span = (lead + len).next_multiple_of(DIRECT_ALIGN);
@@ -525,7 +517,7 @@ impl ChunkBackend for LocalBackend {
         if range.end > len as usize || range.start > range.end {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let f = self.random_reader(loc.pack)?;
+        let f = self.pack_reader(loc.pack, PackRead::Segments)?;
         read_exact_uninit(&f, range.len(), loc.offset + range.start as u64)
     }
 
