@@ -565,12 +565,9 @@ impl SpaceFs {
         let mut st = lock(&inode.state);
         self.settle_early(&mut st);
         if !st.dirty {
-            // Nothing written, but the file itself may be new: its creation is committed
-            // when it is first closed, like its content would be.
-            return self.space.store.meta.commit_deferred().map_err(|e| {
-                log::error!("inode {}: committing its creation failed: {e}", inode.ino);
-                libc::EIO
-            });
+            // Nothing written. A new file's creation is committed with later changes; its
+            // record in the redo log already keeps it safe from a crash (docs/SEMANTICS.md).
+            return Ok(());
         }
         let current = self.node(inode.ino)?;
         // Only an on-write chain names the file while storing (its path costs queries);

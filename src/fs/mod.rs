@@ -131,9 +131,9 @@ pub struct FsOptions {
 /// How often a mount without `durable_commits` makes its recent commits durable.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The longest the creation of a file stays uncommitted, waiting to share a
-/// commit with its content (docs/SEMANTICS.md): how late `spacectl` may see a new, still
-/// empty file, and how long its writes may wait for the mount's.
+/// The longest a group of file creations and content commits stays uncommitted (each is safe
+/// meanwhile in the redo log; docs/SEMANTICS.md): how late `spacectl` may see what a `close()`
+/// on the mount committed, and how long its writes may wait for the mount's.
 pub const DEFER_LIMIT: Duration = Duration::from_millis(10);
 
 impl Default for FsOptions {
@@ -295,7 +295,7 @@ fn spawn_syncer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
     }
 }
 
-/// Commits deferred metadata transactions (a create waiting for its content) at the latest
+/// Commits grouped metadata transactions (creations and content commits) at the latest
 /// [`DEFER_LIMIT`] after they opened, until the store is dropped.
 fn spawn_committer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
     let spawned = std::thread::Builder::new()

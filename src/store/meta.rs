@@ -89,7 +89,7 @@ pub struct Node {
 }
 
 /// What a new node starts with.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewNode {
     pub kind: NodeKind,
     pub mode: u32,
@@ -161,7 +161,7 @@ impl ObjectHead {
 }
 
 /// A capsule's complete new content.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Content {
     pub chunks: Vec<ContentChunk>,
     pub size: u64,
@@ -448,8 +448,9 @@ pub trait MetaStore: Send + Sync {
     fn set_durable_commits(&self, durable: bool) -> Result<()>;
     /// Makes every earlier commit durable (a no-op if each already was).
     fn sync(&self) -> Result<()>;
-    /// Commits changes whose commit was deferred (with relaxed commits, creating a node may
-    /// leave its transaction open for the next change to join).
+    /// Commits changes whose commit was deferred (with relaxed commits, creating a file and
+    /// committing its content leave the transaction open for later changes to join, each
+    /// kept safe from a crash of the process by a record in the redo log).
     fn commit_deferred(&self) -> Result<()> {
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod faulty;
 mod local;
 mod lock;
 pub mod meta;
+mod redo;
 mod sqlite;
 
 use std::path::{Path, PathBuf};

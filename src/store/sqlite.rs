@@ -1,8 +1,9 @@
 //! The embedded metadata engine: SQLite in WAL mode with `synchronous=FULL`, so a commit that
 //! returned survives power loss. A mounted filesystem may relax that to `synchronous=NORMAL`
 //! (commits survive a crash of the process, and power loss after the next `sync`); see
-//! [`MetaStore::set_durable_commits`]. Relaxed commits may also be deferred: see
-//! [`SqliteMeta::write_deferring`]. Schema in docs/FORMAT.md ("Metadata").
+//! [`MetaStore::set_durable_commits`]. Relaxed file creations and content commits are grouped
+//! into one transaction, each kept safe meanwhile by a record in the redo log: see
+//! [`SqliteMeta::write_recorded`]. Schema in docs/FORMAT.md ("Metadata").
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 
 use super::ChunkId;
 use super::meta::*;
+use super::redo::{RedoLog, RedoOp, RedoRecord};
 use crate::error::{Result, SpaceError};
 use crate::util::lock;
 
@@ -101,6 +103,8 @@ pub struct SqliteMeta {
     /// connection (taken after it), and waited on by [`MetaStore::commit_deferred_when_due`].
     deferred: Mutex<Option<Instant>>,
     deferred_open: Condvar,
+    /// Records of the changes in the open deferred transaction (taken after `conn`).
+    redo: Mutex<RedoLog>,
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
@@ -183,6 +187,9 @@ impl SqliteMeta {
             },
             deferred: Mutex::new(None),
             deferred_open: Condvar::new(),
+            redo: Mutex::new(RedoLog::open(path).map_err(|e| {
+                SpaceError::io(format!("opening the redo log of {}", path.display()), e)
+            })?),
         };
         m.write(|tx| {
             let v: Option<String> = tx
@@ -218,33 +225,46 @@ impl SqliteMeta {
     /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so concurrent
     /// processes queue on busy_timeout instead of failing mid-transaction) and commits it.
     fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.write_deferring(false, f)
+        self.write_inner(false, |c| f(c).map(|out| (out, None)))
     }
 
-    /// Like [`SqliteMeta::write`], but with relaxed commits and `defer`, leaves the transaction
-    /// open: the next write joins it (as a savepoint, so its failure undoes only itself) and
-    /// commits both, or [`MetaStore::commit_deferred`] does. A created file is followed by its
-    /// content commit at close, so the two share one commit: half the log frames and locking
-    /// of committing each. This connection reads its own uncommitted changes, so the mount
-    /// sees the new node at once; other processes see it once committed (whoever relaxed the
-    /// commits runs [`MetaStore::commit_deferred_when_due`] to bound that). A crash before
-    /// then loses only changes that no close, fsync or later commit depended on.
-    fn write_deferring<T>(
+    /// Like [`SqliteMeta::write`], but with relaxed commits leaves the transaction open and
+    /// appends the change `f` returns to the redo log instead (docs/FORMAT.md 5.3): the next
+    /// write joins the transaction (as a savepoint, so its failure undoes only itself), and
+    /// whichever commits first, a change that is not deferred, [`MetaStore::commit_deferred`]
+    /// or [`MetaStore::commit_deferred_when_due`] (which bounds how long other processes wait
+    /// to see it), commits them all in one go: a small file's creation and content cost two
+    /// `write`s of the log instead of a commit that rewrites ~13 B-tree pages. This connection
+    /// reads its own uncommitted changes, so the mount sees them at once; if the process dies
+    /// first, the next writer re-applies them from the log.
+    fn write_recorded<T>(&self, f: impl FnOnce(&Connection) -> Result<(T, RedoOp)>) -> Result<T> {
+        self.write_inner(true, |c| f(c).map(|(out, op)| (out, Some(op))))
+    }
+
+    fn write_inner<T>(
         &self,
         defer: bool,
-        f: impl FnOnce(&Connection) -> Result<T>,
+        f: impl FnOnce(&Connection) -> Result<(T, Option<RedoOp>)>,
     ) -> Result<T> {
         let c = lock(&self.conn);
         let joined = !c.is_autocommit();
-        run(
-            &c,
-            if joined {
-                "SAVEPOINT op"
-            } else {
-                "BEGIN IMMEDIATE"
-            },
-        )?;
-        let out = match f(&c) {
+        if joined {
+            run(&c, "SAVEPOINT op")?;
+        } else {
+            self.begin(&c)?;
+        }
+        let defer = defer && !self.durable.load(Ordering::Relaxed);
+        let done = f(&c).and_then(|(out, op)| match op {
+            Some(op) if defer => {
+                let generation = redo_generation(&c)?;
+                lock(&self.redo)
+                    .append(&RedoRecord { generation, op })
+                    .map_err(|e| SpaceError::io("appending to the metadata redo log", e))?;
+                Ok(out)
+            }
+            _ => Ok(out),
+        });
+        let out = match done {
             Ok(out) => out,
             Err(e) => {
                 let undo = if joined {
@@ -261,7 +281,7 @@ impl SqliteMeta {
         if joined {
             run(&c, "RELEASE op")?;
         }
-        if defer && !self.durable.load(Ordering::Relaxed) {
+        if defer {
             let mut since = lock(&self.deferred);
             if since.is_none() {
                 *since = Some(Instant::now());
@@ -273,22 +293,166 @@ impl SqliteMeta {
         Ok(out)
     }
 
-    /// Commits the open transaction, if any (rolled back if the commit fails).
+    /// Begins a write transaction. Records left in the redo log (a process died holding the
+    /// write lock, or a commit failed) are applied and committed first, so that nothing is
+    /// built on a state that lacks them.
+    fn begin(&self, c: &Connection) -> Result<()> {
+        run(c, "BEGIN IMMEDIATE")?;
+        let mut redo = lock(&self.redo);
+        let rollback = |e: SpaceError| {
+            let _ = run(c, "ROLLBACK");
+            e
+        };
+        let empty = redo
+            .is_empty()
+            .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))
+            .map_err(rollback)?;
+        if empty {
+            return Ok(());
+        }
+        match replay(c, &redo) {
+            Ok(n) => {
+                // A failed commit keeps the log for the next writer to try again.
+                run(c, "COMMIT").map_err(|e| rollback(e.into()))?;
+                if n > 0 {
+                    log::warn!(
+                        "re-applied {n} metadata change(s) that a process left uncommitted ({})",
+                        redo.path().display()
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = run(c, "ROLLBACK");
+                let mut kept = redo.path().as_os_str().to_owned();
+                kept.push(format!(".failed-{}", now_ns()));
+                let kept = PathBuf::from(kept);
+                let copied = std::fs::copy(redo.path(), &kept);
+                log::error!(
+                    "re-applying the metadata redo log failed ({e}); its records are dropped{}",
+                    match copied {
+                        Ok(_) => format!(", a copy is kept at {}", kept.display()),
+                        Err(_) => String::new(),
+                    }
+                );
+            }
+        }
+        if let Err(e) = redo.truncate() {
+            log::error!("emptying {} failed: {e}", redo.path().display());
+        }
+        drop(redo);
+        run(c, "BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commits the open transaction, if any (rolled back if the commit fails; records of
+    /// its changes stay in the redo log, so the next transaction re-applies them).
     fn commit_open(&self, c: &Connection) -> Result<()> {
         if c.is_autocommit() {
             return Ok(());
         }
-        let r = run(c, "COMMIT");
+        let relaxed = !self.durable.load(Ordering::Relaxed);
+        // A new generation with every relaxed commit: records made on top of it can never be
+        // applied to an older state (power loss may drop relaxed commits but keep the log).
+        let r = if relaxed {
+            bump_redo_generation(c)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| run(c, "COMMIT"));
         *lock(&self.deferred) = None;
         if let Err(e) = r {
             log::error!("metadata commit failed, its changes are undone: {e}");
             let _ = run(c, "ROLLBACK");
             return Err(e.into());
         }
-        if !self.durable.load(Ordering::Relaxed) {
+        let mut redo = lock(&self.redo);
+        if redo.dirty() {
+            // Harmless if it fails: the records are of an older generation now.
+            if let Err(e) = redo.truncate() {
+                log::error!("emptying {} failed: {e}", redo.path().display());
+            }
+        }
+        if relaxed {
             self.unsynced.store(true, Ordering::Relaxed);
         }
         Ok(())
+    }
+}
+
+/// The generation of the committed state (`meta.redo_gen`): records carry the one they were
+/// made on, and only those of the current one are re-applied.
+fn redo_generation(c: &Connection) -> rusqlite::Result<u64> {
+    let v: Option<String> = c
+        .prepare_cached("SELECT value FROM meta WHERE key='redo_gen'")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn bump_redo_generation(c: &Connection) -> rusqlite::Result<()> {
+    exec(
+        c,
+        "INSERT INTO meta VALUES ('redo_gen', '1')
+         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
+        [],
+    )
+    .map(|_| ())
+}
+
+/// Applies the log's records of the current generation inside the open transaction and
+/// starts a new generation; returns how many were applied.
+fn replay(c: &Connection, redo: &RedoLog) -> Result<usize> {
+    let (records, torn) = redo
+        .read_all()
+        .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))?;
+    if torn {
+        log::warn!(
+            "{}: the log ends in an unreadable record (written when the system lost power?); it is ignored",
+            redo.path().display()
+        );
+    }
+    let current = redo_generation(c)?;
+    let mut applied = 0;
+    for r in records {
+        if r.generation != current {
+            // Committed already (the log was not emptied after), or made on top of a relaxed
+            // commit that power loss dropped.
+            continue;
+        }
+        match r.op {
+            RedoOp::Create {
+                parent,
+                name,
+                ino,
+                uuid,
+                t,
+                node,
+            } => {
+                create_node(c, parent, &name, &node, Some(ino), uuid, t)?;
+            }
+            RedoOp::Content {
+                ino,
+                t,
+                expect_version,
+                content,
+            } => {
+                commit_content_at(c, ino, &content, expect_version, t)?;
+            }
+        }
+        applied += 1;
+    }
+    bump_redo_generation(c)?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+impl SqliteMeta {
+    /// Drops the connection as a killed process would: the open transaction is lost.
+    fn abandon(self) {
+        let c = lock(&self.conn);
+        if !c.is_autocommit() {
+            run(&c, "ROLLBACK").unwrap();
+        }
     }
 }
 
@@ -390,17 +554,24 @@ fn touch_dir(tx: &Connection, dir: Ino, t: TimeNs) -> Result<()> {
     Ok(())
 }
 
-fn insert_node(tx: &Connection, new: &NewNode, t: TimeNs) -> Result<Ino> {
+/// Inserts a node; `ino` None takes the next free number (replayed records give theirs).
+fn insert_node(
+    tx: &Connection,
+    new: &NewNode,
+    t: TimeNs,
+    ino: Option<Ino>,
+    uuid: Uuid,
+) -> Result<Ino> {
     let nlink = if new.kind == NodeKind::Dir { 2 } else { 1 };
     let rdev = match new.kind {
         NodeKind::CharDevice | NodeKind::BlockDevice => new.rdev,
         _ => 0,
     };
     exec(tx,
-        "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10, ?11)",
+        "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev, ino)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
         params![
-            Uuid::new_v4().as_bytes().to_vec(),
+            uuid.as_bytes().to_vec(),
             new.kind as i64,
             new.mode & 0o7777,
             new.uid,
@@ -410,7 +581,8 @@ fn insert_node(tx: &Connection, new: &NewNode, t: TimeNs) -> Result<Ino> {
             nlink,
             new.policy,
             new.target,
-            rdev as i64
+            rdev as i64,
+            ino.map(|i| i as i64)
         ],
     )?;
     Ok(tx.last_insert_rowid() as u64)
@@ -501,6 +673,62 @@ fn set_content(tx: &Connection, n: &Node, content: &Content, t: TimeNs) -> Resul
         ctime: t,
         ..n.clone()
     })
+}
+
+/// Creates node `new` as `name` in directory `parent` (the body of [`MetaStore::create`],
+/// shared with the redo log's replay, which passes the ino, uuid and time it recorded).
+fn create_node(
+    tx: &Connection,
+    parent: Ino,
+    name: &[u8],
+    new: &NewNode,
+    ino: Option<Ino>,
+    uuid: Uuid,
+    t: TimeNs,
+) -> Result<Node> {
+    dir_node(tx, parent)?;
+    if lookup(tx, parent, name)?.is_some() {
+        return Err(SpaceError::AlreadyExists(display_name(name)));
+    }
+    let ino = insert_node(tx, new, t, ino, uuid)?;
+    exec(
+        tx,
+        "INSERT INTO dentries VALUES (?1, ?2, ?3)",
+        params![parent as i64, name, ino as i64],
+    )?;
+    if new.kind == NodeKind::Dir {
+        exec(
+            tx,
+            "UPDATE nodes SET nlink=nlink+1 WHERE ino=?1",
+            [parent as i64],
+        )?;
+    }
+    touch_dir(tx, parent, t)?;
+    must_node(tx, ino)
+}
+
+/// Replaces the content of file `ino` (the body of [`MetaStore::commit_content`], shared with
+/// the redo log's replay).
+fn commit_content_at(
+    tx: &Connection,
+    ino: Ino,
+    content: &Content,
+    expect_version: Option<u64>,
+    t: TimeNs,
+) -> Result<Node> {
+    let n = must_node(tx, ino)?;
+    if n.kind != NodeKind::File {
+        return Err(SpaceError::IsADirectory(format!("inode {ino}")));
+    }
+    if let Some(v) = expect_version {
+        if v != n.version {
+            return Err(SpaceError::InvalidArgument(format!(
+                "inode {ino} changed concurrently (version {} now, expected {v})",
+                n.version
+            )));
+        }
+    }
+    set_content(tx, &n, content, t)
 }
 
 const DERIVED_COLS: &str = "id, key, size, created_ns, used_ns, hits, provenance";
@@ -712,29 +940,23 @@ impl MetaStore for SqliteMeta {
 
     fn create(&self, parent: Ino, name: &[u8], new: NewNode) -> Result<Node> {
         check_name(name)?;
-        // A new file is about to get its content (or be closed): share that commit. Other
-        // nodes are committed at once (`mkdir d && spacectl policy set d …` must find d).
-        self.write_deferring(new.kind == NodeKind::File, |tx| {
-            dir_node(tx, parent)?;
-            if lookup(tx, parent, name)?.is_some() {
-                return Err(SpaceError::AlreadyExists(display_name(name)));
-            }
-            let t = now_ns();
-            let ino = insert_node(tx, &new, t)?;
-            exec(
-                tx,
-                "INSERT INTO dentries VALUES (?1, ?2, ?3)",
-                params![parent as i64, name, ino as i64],
-            )?;
-            if new.kind == NodeKind::Dir {
-                exec(
-                    tx,
-                    "UPDATE nodes SET nlink=nlink+1 WHERE ino=?1",
-                    [parent as i64],
-                )?;
-            }
-            touch_dir(tx, parent, t)?;
-            must_node(tx, ino)
+        let (uuid, t) = (Uuid::new_v4(), now_ns());
+        if new.kind != NodeKind::File {
+            // Committed at once (`mkdir d && spacectl policy set d …` must find d).
+            return self.write(|tx| create_node(tx, parent, name, &new, None, uuid, t));
+        }
+        // A new file is about to get its content (or be closed): share that commit.
+        self.write_recorded(|tx| {
+            let n = create_node(tx, parent, name, &new, None, uuid, t)?;
+            let op = RedoOp::Create {
+                parent,
+                name: name.to_vec(),
+                ino: n.ino,
+                uuid,
+                t,
+                node: new.clone(),
+            };
+            Ok((n, op))
         })
     }
 
@@ -759,7 +981,7 @@ impl MetaStore for SqliteMeta {
                     display_name(name)
                 ))),
                 None => {
-                    let ino = insert_node(tx, &new, t)?;
+                    let ino = insert_node(tx, &new, t, None, Uuid::new_v4())?;
                     exec(
                         tx,
                         "INSERT INTO dentries VALUES (?1, ?2, ?3)",
@@ -779,20 +1001,16 @@ impl MetaStore for SqliteMeta {
         content: &Content,
         expect_version: Option<u64>,
     ) -> Result<Node> {
-        self.write(|tx| {
-            let n = must_node(tx, ino)?;
-            if n.kind != NodeKind::File {
-                return Err(SpaceError::IsADirectory(format!("inode {ino}")));
-            }
-            if let Some(v) = expect_version {
-                if v != n.version {
-                    return Err(SpaceError::InvalidArgument(format!(
-                        "inode {ino} changed concurrently (version {} now, expected {v})",
-                        n.version
-                    )));
-                }
-            }
-            set_content(tx, &n, content, now_ns())
+        let t = now_ns();
+        self.write_recorded(|tx| {
+            let n = commit_content_at(tx, ino, content, expect_version, t)?;
+            let op = RedoOp::Content {
+                ino,
+                t,
+                expect_version,
+                content: content.clone(),
+            };
+            Ok((n, op))
         })
     }
 
@@ -1692,9 +1910,11 @@ mod tests {
         let g = m.lookup(ROOT_INO, b"g").unwrap().unwrap();
         m.commit_content(g.ino, &content, None).unwrap();
         assert!(
-            seen_by_other(b"g"),
-            "the content commit carries the creation"
+            !seen_by_other(b"g"),
+            "the content commit joins the group too"
         );
+        m.commit_deferred().unwrap();
+        assert!(seen_by_other(b"g"), "committed together");
 
         m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
         let t = Instant::now();
@@ -1721,6 +1941,149 @@ mod tests {
         assert!(
             seen_by_other(b"j"),
             "closing the store commits what was deferred"
+        );
+    }
+
+    fn small_content(id: u8, bytes: &[u8]) -> Content {
+        let chunk = ChunkId([id; 32]);
+        Content {
+            chunks: vec![ContentChunk {
+                extent: Extent {
+                    offset: 0,
+                    len: bytes.len() as u32,
+                    chunk,
+                },
+                stored_len: bytes.len() as u32 + 28,
+                loc: None,
+                head: None,
+            }],
+            size: bytes.len() as u64,
+            provenance: Some("test".into()),
+            inline_objects: vec![(chunk, bytes.to_vec())],
+        }
+    }
+
+    #[test]
+    fn a_killed_mounts_grouped_changes_are_reapplied_by_the_next_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        m.set_durable_commits(false).unwrap();
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        let f = m
+            .commit_content(f.ino, &small_content(1, b"hello"), None)
+            .unwrap();
+        let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
+        let f2 = m
+            .commit_content(f.ino, &small_content(2, b"hello, world"), Some(f.version))
+            .unwrap();
+        assert!(
+            other.lookup(ROOT_INO, b"f").unwrap().is_none(),
+            "grouped: nothing committed yet"
+        );
+        m.abandon();
+        assert!(
+            other.lookup(ROOT_INO, b"f").unwrap().is_none(),
+            "the dead process's transaction is gone"
+        );
+
+        // The next write of any process applies the records first.
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert_eq!(other.lookup(ROOT_INO, b"f").unwrap().as_ref(), Some(&f2));
+        assert_eq!(other.lookup(ROOT_INO, b"g").unwrap().as_ref(), Some(&g));
+        let extents = other.extents_from(f.ino, 0, 10).unwrap();
+        assert_eq!(extents.len(), 1);
+        assert_eq!(extents[0].chunk, ChunkId([2; 32]));
+        assert!(other.has_chunk(&ChunkId([2; 32])).unwrap());
+        assert!(other.check().unwrap().is_empty(), "consistent after replay");
+        let d = other.lookup(ROOT_INO, b"d").unwrap().unwrap();
+        assert!(
+            d.ino > g.ino,
+            "new nodes never take a replayed node's number"
+        );
+
+        // Applied once: a third connection finds nothing left to apply.
+        let log = dir.path().join("meta.db-redo");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "log emptied");
+        drop(other);
+        let third = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        assert_eq!(
+            third.lookup(ROOT_INO, b"f").unwrap().unwrap().version,
+            f2.version
+        );
+    }
+
+    #[test]
+    fn records_already_committed_are_never_reapplied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        m.set_durable_commits(false).unwrap();
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(f.ino, &small_content(1, b"one"), None)
+            .unwrap();
+        let log = dir.path().join("meta.db-redo");
+        let records = std::fs::read(&log).unwrap();
+        assert!(!records.is_empty(), "grouped changes are in the log");
+        m.commit_deferred().unwrap();
+        assert_eq!(
+            std::fs::metadata(&log).unwrap().len(),
+            0,
+            "a commit empties the log"
+        );
+        m.unlink(ROOT_INO, b"f").unwrap();
+
+        // As if the process died between its commit and emptying the log.
+        std::fs::write(&log, &records).unwrap();
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(
+            other.lookup(ROOT_INO, b"f").unwrap().is_none(),
+            "the committed (then unlinked) file does not come back"
+        );
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+        assert!(other.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_applied_is_set_aside_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        let generation = m.read(|c| Ok(redo_generation(c)?)).unwrap();
+        let bogus = RedoRecord {
+            generation,
+            op: RedoOp::Content {
+                ino: 999,
+                t: 0,
+                expect_version: None,
+                content: small_content(1, b"x"),
+            },
+        };
+        lock(&m.redo).append(&bogus).unwrap();
+        m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(m.lookup(ROOT_INO, b"d").unwrap().is_some());
+        assert!(m.check().unwrap().is_empty());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.starts_with("meta.db-redo.failed-")),
+            "the log is kept for inspection: {names:?}"
+        );
+        assert!(lock(&m.redo).is_empty().unwrap());
+    }
+
+    #[test]
+    fn durable_commits_write_no_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(f.ino, &small_content(1, b"one"), None)
+            .unwrap();
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("meta.db-redo"))
+                .unwrap()
+                .len(),
+            0
         );
     }
 
