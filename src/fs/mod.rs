@@ -131,9 +131,10 @@ pub struct FsOptions {
 /// How often a mount without `durable_commits` makes its recent commits durable.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-/// The longest a group of file creations and content commits stays uncommitted (each is safe
-/// meanwhile in the redo log; docs/SEMANTICS.md): how late `spacectl` may see what a `close()`
-/// on the mount committed, and how long its writes may wait for the mount's.
+/// The longest a group of file creations, content commits and attribute changes stays
+/// uncommitted (each is safe meanwhile in the redo log; docs/SEMANTICS.md): how late
+/// `spacectl` may see what a `close()` on the mount committed, and how long its writes may
+/// wait for the mount's.
 pub const DEFER_LIMIT: Duration = Duration::from_millis(10);
 
 impl Default for FsOptions {
@@ -295,7 +296,7 @@ fn spawn_syncer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
     }
 }
 
-/// Commits grouped metadata transactions (creations and content commits) at the latest
+/// Commits grouped metadata transactions (creations, content commits, attribute changes) at the latest
 /// [`DEFER_LIMIT`] after they opened, until the store is dropped.
 fn spawn_committer(meta: std::sync::Weak<dyn crate::store::MetaStore>) {
     let spawned = std::thread::Builder::new()

@@ -173,7 +173,7 @@ pub struct Content {
 }
 
 /// Attribute changes (`None` = unchanged).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetAttr {
     pub mode: Option<u32>,
     pub uid: Option<u32>,

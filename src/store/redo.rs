@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::meta::{Content, ContentChunk, Extent, Ino, NewNode, NodeKind, ObjectHead, TimeNs};
+use super::meta::{
+    Content, ContentChunk, Extent, Ino, NewNode, NodeKind, ObjectHead, SetAttr, TimeNs,
+};
 use super::{ChunkId, PackLoc};
 
 /// Bytes before each record's body: its length (u32 LE) and the first 8 bytes of its SHA-256.
@@ -42,10 +44,13 @@ pub enum RedoOp {
         expect_version: Option<u64>,
         content: Content,
     },
+    /// Attributes of `ino` changed at time `t` (chmod, chown, utimens).
+    SetAttr { ino: Ino, t: TimeNs, attr: SetAttr },
 }
 
 const OP_CREATE: u8 = 1;
 const OP_CONTENT: u8 = 2;
+const OP_SET_ATTR: u8 = 3;
 
 /// One record: a change and the generation of the committed state it was made on.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +187,16 @@ fn put_bytes(o: &mut Vec<u8>, b: &[u8]) {
     o.extend_from_slice(b);
 }
 
+fn put_opt_u64(o: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        None => o.push(0),
+        Some(v) => {
+            o.push(1);
+            put_u64(o, v);
+        }
+    }
+}
+
 fn put_opt_bytes(o: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         None => o.push(0),
@@ -226,13 +241,7 @@ fn encode(rec: &RedoRecord, o: &mut Vec<u8>) {
             o.push(OP_CONTENT);
             put_u64(o, *ino);
             put_u64(o, *t as u64);
-            match expect_version {
-                None => o.push(0),
-                Some(v) => {
-                    o.push(1);
-                    put_u64(o, *v);
-                }
-            }
+            put_opt_u64(o, *expect_version);
             put_u64(o, content.size);
             put_opt_bytes(o, content.provenance.as_deref().map(str::as_bytes));
             put_u32(o, content.chunks.len() as u32);
@@ -256,6 +265,16 @@ fn encode(rec: &RedoRecord, o: &mut Vec<u8>) {
                 o.extend_from_slice(&id.0);
                 put_bytes(o, object);
             }
+        }
+        RedoOp::SetAttr { ino, t, attr } => {
+            o.push(OP_SET_ATTR);
+            put_u64(o, *ino);
+            put_u64(o, *t as u64);
+            put_opt_u64(o, attr.mode.map(u64::from));
+            put_opt_u64(o, attr.uid.map(u64::from));
+            put_opt_u64(o, attr.gid.map(u64::from));
+            put_opt_u64(o, attr.atime.map(|v| v as u64));
+            put_opt_u64(o, attr.mtime.map(|v| v as u64));
         }
     }
 }
@@ -284,6 +303,19 @@ impl<'a> Fields<'a> {
     fn bytes(&mut self) -> Option<Vec<u8>> {
         let n = self.u32()? as usize;
         Some(self.take(n)?.to_vec())
+    }
+    fn opt_u64(&mut self) -> Option<Option<u64>> {
+        match self.u8()? {
+            0 => Some(None),
+            1 => Some(Some(self.u64()?)),
+            _ => None,
+        }
+    }
+    fn opt_u32(&mut self) -> Option<Option<u32>> {
+        match self.opt_u64()? {
+            None => Some(None),
+            Some(v) => Some(Some(u32::try_from(v).ok()?)),
+        }
     }
     fn opt_bytes(&mut self) -> Option<Option<Vec<u8>>> {
         match self.u8()? {
@@ -335,11 +367,7 @@ fn decode(body: &[u8]) -> Option<RedoRecord> {
         OP_CONTENT => {
             let ino = f.u64()?;
             let t = f.u64()? as TimeNs;
-            let expect_version = match f.u8()? {
-                0 => None,
-                1 => Some(f.u64()?),
-                _ => return None,
-            };
+            let expect_version = f.opt_u64()?;
             let size = f.u64()?;
             let provenance = f.opt_string()?;
             let n = f.u32()? as usize;
@@ -385,6 +413,17 @@ fn decode(body: &[u8]) -> Option<RedoRecord> {
                 },
             }
         }
+        OP_SET_ATTR => RedoOp::SetAttr {
+            ino: f.u64()?,
+            t: f.u64()? as TimeNs,
+            attr: SetAttr {
+                mode: f.opt_u32()?,
+                uid: f.opt_u32()?,
+                gid: f.opt_u32()?,
+                atime: f.opt_u64()?.map(|v| v as TimeNs),
+                mtime: f.opt_u64()?.map(|v| v as TimeNs),
+            },
+        },
         _ => return None,
     };
     f.0.is_empty().then_some(RedoRecord { generation, op })
@@ -442,6 +481,20 @@ mod tests {
                     },
                 },
             },
+            RedoRecord {
+                generation: 4,
+                op: RedoOp::SetAttr {
+                    ino: 42,
+                    t: 9,
+                    attr: SetAttr {
+                        mode: Some(0o4755),
+                        uid: None,
+                        gid: Some(u32::MAX),
+                        atime: Some(-1),
+                        mtime: None,
+                    },
+                },
+            },
         ]
     }
 
@@ -459,7 +512,7 @@ mod tests {
         let full = std::fs::read(log.path()).unwrap();
         std::fs::write(log.path(), &full[..full.len() - 3]).unwrap();
         let (got, torn) = log.read_all().unwrap();
-        assert_eq!((got.as_slice(), torn), (&records()[..1], true));
+        assert_eq!((got.as_slice(), torn), (&records()[..2], true));
 
         // A flipped bit in the first record ends it there.
         let mut bad = full.clone();

@@ -1,9 +1,9 @@
 //! The embedded metadata engine: SQLite in WAL mode with `synchronous=FULL`, so a commit that
 //! returned survives power loss. A mounted filesystem may relax that to `synchronous=NORMAL`
 //! (commits survive a crash of the process, and power loss after the next `sync`); see
-//! [`MetaStore::set_durable_commits`]. Relaxed file creations and content commits are grouped
-//! into one transaction, each kept safe meanwhile by a record in the redo log: see
-//! [`SqliteMeta::write_recorded`]. Schema in docs/FORMAT.md ("Metadata").
+//! [`MetaStore::set_durable_commits`]. Relaxed file creations, content commits and attribute
+//! changes are grouped into one transaction, each kept safe meanwhile by a record in the redo
+//! log: see [`SqliteMeta::write_recorded`]. Schema in docs/FORMAT.md ("Metadata").
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -438,6 +438,9 @@ fn replay(c: &Connection, redo: &RedoLog) -> Result<usize> {
             } => {
                 commit_content_at(c, ino, &content, expect_version, t)?;
             }
+            RedoOp::SetAttr { ino, t, attr } => {
+                set_attr_at(c, ino, &attr, t)?;
+            }
         }
         applied += 1;
     }
@@ -729,6 +732,53 @@ fn commit_content_at(
         }
     }
     set_content(tx, &n, content, t)
+}
+
+/// Changes attributes of `ino` at time `t` (the body of [`MetaStore::set_attr`], shared with
+/// the redo log's replay).
+fn set_attr_at(tx: &Connection, ino: Ino, a: &SetAttr, t: TimeNs) -> Result<Node> {
+    must_node(tx, ino)?;
+    if let Some(m) = a.mode {
+        exec(
+            tx,
+            "UPDATE nodes SET mode=?2 WHERE ino=?1",
+            params![ino as i64, m & 0o7777],
+        )?;
+    }
+    if let Some(u) = a.uid {
+        exec(
+            tx,
+            "UPDATE nodes SET uid=?2 WHERE ino=?1",
+            params![ino as i64, u],
+        )?;
+    }
+    if let Some(g) = a.gid {
+        exec(
+            tx,
+            "UPDATE nodes SET gid=?2 WHERE ino=?1",
+            params![ino as i64, g],
+        )?;
+    }
+    if let Some(at) = a.atime {
+        exec(
+            tx,
+            "UPDATE nodes SET atime_ns=?2 WHERE ino=?1",
+            params![ino as i64, at],
+        )?;
+    }
+    if let Some(mt) = a.mtime {
+        exec(
+            tx,
+            "UPDATE nodes SET mtime_ns=?2 WHERE ino=?1",
+            params![ino as i64, mt],
+        )?;
+    }
+    exec(
+        tx,
+        "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
+        params![ino as i64, t],
+    )?;
+    must_node(tx, ino)
 }
 
 const DERIVED_COLS: &str = "id, key, size, created_ns, used_ns, hits, provenance";
@@ -1320,50 +1370,16 @@ impl MetaStore for SqliteMeta {
     }
 
     fn set_attr(&self, ino: Ino, a: &SetAttr) -> Result<Node> {
-        self.write(|tx| {
-            must_node(tx, ino)?;
-            let t = now_ns();
-            if let Some(m) = a.mode {
-                exec(
-                    tx,
-                    "UPDATE nodes SET mode=?2 WHERE ino=?1",
-                    params![ino as i64, m & 0o7777],
-                )?;
-            }
-            if let Some(u) = a.uid {
-                exec(
-                    tx,
-                    "UPDATE nodes SET uid=?2 WHERE ino=?1",
-                    params![ino as i64, u],
-                )?;
-            }
-            if let Some(g) = a.gid {
-                exec(
-                    tx,
-                    "UPDATE nodes SET gid=?2 WHERE ino=?1",
-                    params![ino as i64, g],
-                )?;
-            }
-            if let Some(at) = a.atime {
-                exec(
-                    tx,
-                    "UPDATE nodes SET atime_ns=?2 WHERE ino=?1",
-                    params![ino as i64, at],
-                )?;
-            }
-            if let Some(mt) = a.mtime {
-                exec(
-                    tx,
-                    "UPDATE nodes SET mtime_ns=?2 WHERE ino=?1",
-                    params![ino as i64, mt],
-                )?;
-            }
-            exec(
-                tx,
-                "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
-                params![ino as i64, t],
-            )?;
-            must_node(tx, ino)
+        // Grouped like content commits: `tar` and `cp -p` change attributes of every file.
+        let t = now_ns();
+        self.write_recorded(|tx| {
+            let n = set_attr_at(tx, ino, a, t)?;
+            let op = RedoOp::SetAttr {
+                ino,
+                t,
+                attr: a.clone(),
+            };
+            Ok((n, op))
         })
     }
 
@@ -1973,9 +1989,15 @@ mod tests {
             .commit_content(f.ino, &small_content(1, b"hello"), None)
             .unwrap();
         let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
-        let f2 = m
-            .commit_content(f.ino, &small_content(2, b"hello, world"), Some(f.version))
+        m.commit_content(f.ino, &small_content(2, b"hello, world"), Some(f.version))
             .unwrap();
+        let attr = SetAttr {
+            mode: Some(0o600),
+            mtime: Some(12345),
+            ..Default::default()
+        };
+        let f2 = m.set_attr(f.ino, &attr).unwrap();
+        assert_eq!((f2.mode, f2.mtime), (0o600, 12345));
         assert!(
             other.lookup(ROOT_INO, b"f").unwrap().is_none(),
             "grouped: nothing committed yet"
