@@ -112,9 +112,12 @@ impl Space {
     }
 
     /// Removes unreferenced chunks, orphan objects and temporaries. Holds the store lock
-    /// exclusively, so no write in flight can lose an object it is about to reference.
+    /// exclusively, so no write in flight can lose an object it is about to reference; and
+    /// before reading which objects are referenced, waits for a mount's open group of
+    /// changes to commit (its objects are written, its rows not yet visible here).
     pub fn gc(&self) -> Result<GcReport> {
         let _guard = self.store.lock(LockMode::Exclusive)?;
+        self.store.meta.barrier()?;
         let mut report = GcReport {
             temporaries_removed: self
                 .store

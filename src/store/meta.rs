@@ -448,6 +448,11 @@ pub trait MetaStore: Send + Sync {
     fn set_durable_commits(&self, durable: bool) -> Result<()>;
     /// Makes every earlier commit durable (a no-op if each already was).
     fn sync(&self) -> Result<()>;
+    /// Waits until no other process has a write transaction open (a mount's group of
+    /// changes, docs/FORMAT.md 5.3) and re-applies any a dead process left in the redo log, so
+    /// that what this connection reads next includes every change whose call has returned.
+    /// gc needs this before it decides which objects nothing references.
+    fn barrier(&self) -> Result<()>;
     /// Commits changes whose commit was deferred (with relaxed commits, creating a file and
     /// committing its content leave the transaction open for later changes to join, each
     /// kept safe from a crash of the process by a record in the redo log).

@@ -65,6 +65,29 @@ pub struct RedoLog {
     path: PathBuf,
     /// Records were appended since the last truncation.
     dirty: bool,
+    /// A failed append could not be cut off again: appending after its remains would hide
+    /// the later records behind damage, so no more appends until the log is emptied.
+    broken: bool,
+}
+
+/// What [`RedoLog::read_all`] found after the last whole record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tail {
+    /// The log ends with a whole record (or is empty).
+    Clean,
+    /// The last frame is cut short or unreadable to the end of the file, or the rest is
+    /// zeros: appends that power loss kept only in part. Nothing after it was ever a record.
+    Torn,
+    /// An unreadable frame at this byte with other bytes after it: damage, not a torn append;
+    /// what follows cannot be read (the caller keeps a copy of the log).
+    Damaged { at: u64 },
+}
+
+/// Every whole record of the log, in order, and how it ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub records: Vec<RedoRecord>,
+    pub tail: Tail,
 }
 
 impl RedoLog {
@@ -82,6 +105,7 @@ impl RedoLog {
             file,
             path,
             dirty: false,
+            broken: false,
         })
     }
 
@@ -95,33 +119,60 @@ impl RedoLog {
     }
 
     /// Appends one record with a single `write` (O_APPEND), so a killed process leaves whole
-    /// records; the checksum catches a torn one after power loss.
-    pub fn append(&mut self, rec: &RedoRecord) -> io::Result<()> {
+    /// records; the checksum catches a torn one after power loss. Returns the log's length
+    /// before the record, for [`RedoLog::cut_to`] if the change it records is undone. A
+    /// failed or short write is cut off again, so a later record never follows a broken one.
+    /// Callers hold SQLite's write lock (no other process appends or empties meanwhile).
+    pub fn append(&mut self, rec: &RedoRecord) -> io::Result<u64> {
+        if self.broken {
+            return Err(io::Error::other(format!(
+                "{} holds the remains of a failed append; no more records until it is emptied",
+                self.path.display()
+            )));
+        }
         let mut body = Vec::with_capacity(128);
         encode(rec, &mut body);
-        let mut frame = Vec::with_capacity(FRAME + body.len());
-        frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&Sha256::digest(&body)[..8]);
-        frame.extend_from_slice(&body);
-        self.dirty = true;
-        let n = write_once(&self.file, &frame)?;
-        if n != frame.len() {
-            return Err(io::Error::new(
+        let frame = frame_of(&body);
+        let before = self.file.metadata()?.len();
+        let failure = match write_once(&self.file, &frame) {
+            Ok(n) if n == frame.len() => None,
+            Ok(n) => Some(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!(
                     "short write to {} ({n} of {} bytes)",
                     self.path.display(),
                     frame.len()
                 ),
-            ));
+            )),
+            Err(e) => Some(e),
+        };
+        match failure {
+            None => {
+                self.dirty = true;
+                Ok(before)
+            }
+            Some(e) => {
+                if let Err(cut) = self.cut_to(before) {
+                    log::error!("cutting a failed append off {}: {cut}", self.path.display());
+                    self.broken = true;
+                }
+                Err(e)
+            }
         }
-        Ok(())
     }
 
-    /// Empties the log after a commit that carried its records.
+    /// Cuts the log back to `len` bytes (what [`RedoLog::append`] returned): the record
+    /// after it is of a change that was undone.
+    pub fn cut_to(&mut self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    /// Empties the log: every record in it is of an older generation (a writer checks that
+    /// while holding SQLite's write lock, so no process can be appending).
     pub fn truncate(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
         self.dirty = false;
+        self.broken = false;
         Ok(())
     }
 
@@ -130,25 +181,71 @@ impl RedoLog {
         self.dirty
     }
 
-    /// Every whole record in the log, and whether bytes after the last one were unreadable
-    /// (a torn or corrupt tail: reading stops there).
-    pub fn read_all(&self) -> io::Result<(Vec<RedoRecord>, bool)> {
+    /// Every whole record in the log, and how it ends. A record of a kind this build does
+    /// not know (written by a newer one) is an error: skipping it could apply later records
+    /// out of order, and treating it as a torn tail would drop them.
+    pub fn read_all(&self) -> io::Result<Scan> {
         let len = self.file.metadata()?.len() as usize;
         let mut buf = vec![0u8; len];
         self.file.read_exact_at(&mut buf, 0)?;
-        let mut out = Vec::new();
+        let mut records = Vec::new();
         let mut at = 0;
         while at < buf.len() {
-            let Some(rec) = frame_at(&buf[at..]).and_then(|(body, n)| {
-                at += n;
-                decode(body)
-            }) else {
-                return Ok((out, true));
+            let rest = &buf[at..];
+            let Some((body, n)) = frame_at(rest) else {
+                let tail = if torn(rest) {
+                    Tail::Torn
+                } else {
+                    Tail::Damaged { at: at as u64 }
+                };
+                return Ok(Scan { records, tail });
             };
-            out.push(rec);
+            match decode(body) {
+                Some(rec) => records.push(rec),
+                None => {
+                    if let Some(kind) = body
+                        .get(8)
+                        .filter(|k| !(OP_CREATE..=OP_SET_ATTR).contains(k))
+                    {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{}: the record at byte {at} is of kind {kind}, which this build \
+                                 does not know (written by a newer SPACE?)",
+                                self.path.display()
+                            ),
+                        ));
+                    }
+                    let tail = Tail::Damaged { at: at as u64 };
+                    return Ok(Scan { records, tail });
+                }
+            }
+            at += n;
         }
-        Ok((out, false))
+        Ok(Scan {
+            records,
+            tail: Tail::Clean,
+        })
     }
+}
+
+/// Whether `rest`, which does not start with an intact frame, is what an append cut short by
+/// power loss leaves: a frame reaching (by its own length) to the end of the file, or zeros.
+fn torn(rest: &[u8]) -> bool {
+    let reaches_end = rest
+        .get(..4)
+        .map(|l| FRAME as u64 + u32::from_le_bytes(l.try_into().expect("4 bytes")) as u64)
+        .is_none_or(|end| end >= rest.len() as u64);
+    reaches_end || rest.iter().all(|b| *b == 0)
+}
+
+/// A record body framed: its length, the start of its checksum, the body.
+pub(super) fn frame_of(body: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(FRAME + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&Sha256::digest(body)[..8]);
+    frame.extend_from_slice(body);
+    frame
 }
 
 /// `write(2)` once (File::write may be retried by callers; a record must be one call).
@@ -498,29 +595,67 @@ mod tests {
         ]
     }
 
+    fn scan(records: &[RedoRecord], tail: Tail) -> Scan {
+        Scan {
+            records: records.to_vec(),
+            tail,
+        }
+    }
+
     #[test]
     fn records_read_back_as_written_and_a_torn_tail_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RedoLog::open(&dir.path().join("meta.db")).unwrap();
         assert!(log.is_empty().unwrap());
+        let mut ends = Vec::new();
         for r in records() {
-            log.append(&r).unwrap();
+            ends.push(log.append(&r).unwrap());
         }
-        assert_eq!(log.read_all().unwrap(), (records(), false));
+        assert_eq!(ends[0], 0, "append returns the length before the record");
+        assert_eq!(log.read_all().unwrap(), scan(&records(), Tail::Clean));
 
         // A half-written third record (power loss) ends the log without failing it.
         let full = std::fs::read(log.path()).unwrap();
         std::fs::write(log.path(), &full[..full.len() - 3]).unwrap();
-        let (got, torn) = log.read_all().unwrap();
-        assert_eq!((got.as_slice(), torn), (&records()[..2], true));
+        assert_eq!(log.read_all().unwrap(), scan(&records()[..2], Tail::Torn));
 
-        // A flipped bit in the first record ends it there.
+        // So does a last record whose bytes did not all reach the disk, and a zeroed tail.
+        let mut last_bad = full.clone();
+        *last_bad.last_mut().unwrap() ^= 1;
+        std::fs::write(log.path(), &last_bad).unwrap();
+        assert_eq!(log.read_all().unwrap(), scan(&records()[..2], Tail::Torn));
+        let mut zeros = full[..ends[2] as usize].to_vec();
+        zeros.extend_from_slice(&[0; 300]);
+        std::fs::write(log.path(), &zeros).unwrap();
+        assert_eq!(log.read_all().unwrap(), scan(&records()[..2], Tail::Torn));
+
+        // A flipped bit in the first record, with records after it, is damage.
         let mut bad = full.clone();
         bad[FRAME + 10] ^= 1;
         std::fs::write(log.path(), &bad).unwrap();
-        assert_eq!(log.read_all().unwrap(), (Vec::new(), true));
+        assert_eq!(log.read_all().unwrap(), scan(&[], Tail::Damaged { at: 0 }));
+
+        // Cutting the log back drops the records after the point.
+        std::fs::write(log.path(), &full).unwrap();
+        log.cut_to(ends[1]).unwrap();
+        assert_eq!(log.read_all().unwrap(), scan(&records()[..1], Tail::Clean));
 
         log.truncate().unwrap();
         assert!(log.is_empty().unwrap() && !log.dirty());
+    }
+
+    #[test]
+    fn a_record_of_an_unknown_kind_is_an_error_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RedoLog::open(&dir.path().join("meta.db")).unwrap();
+        log.append(&records()[0]).unwrap();
+        // A well-formed frame whose body is of kind 77 (a newer build's), then another record.
+        let mut body = 4u64.to_le_bytes().to_vec();
+        body.extend_from_slice(&[77, 1, 2, 3]);
+        write_once(&log.file, &frame_of(&body)).unwrap();
+        log.append(&records()[1]).unwrap();
+        let e = log.read_all().unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("kind 77"), "{e}");
     }
 }

@@ -15,11 +15,13 @@ use uuid::Uuid;
 
 use super::ChunkId;
 use super::meta::*;
-use super::redo::{RedoLog, RedoOp, RedoRecord};
+use super::redo::{RedoLog, RedoOp, RedoRecord, Tail};
 use crate::error::{Result, SpaceError};
 use crate::util::lock;
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: the redo log (docs/FORMAT.md 5.3). A build that reads only 1 would ignore the log and
+/// build on a state that lacks its records, so it must refuse the store.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Write-ahead log size (pages of 4 KiB) that triggers a checkpoint under relaxed commits.
 const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 16384;
@@ -105,6 +107,10 @@ pub struct SqliteMeta {
     deferred_open: Condvar,
     /// Records of the changes in the open deferred transaction (taken after `conn`).
     redo: Mutex<RedoLog>,
+    /// This connection's open transaction was lost (a failed commit, or SQLite rolled it back
+    /// after an I/O error) while the log held its records: they must be re-applied before a
+    /// commit or sync reports success, and before this connection shows its own changes again.
+    needs_replay: AtomicBool,
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
@@ -190,6 +196,7 @@ impl SqliteMeta {
             redo: Mutex::new(RedoLog::open(path).map_err(|e| {
                 SpaceError::io(format!("opening the redo log of {}", path.display()), e)
             })?),
+            needs_replay: AtomicBool::new(false),
         };
         m.write(|tx| {
             let v: Option<String> = tx
@@ -205,6 +212,11 @@ impl SqliteMeta {
                     )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
+                // Schema 1 is 2 without the redo log: upgraded in place (this transaction
+                // replayed nothing, since no build of schema 1 writes records).
+                Some(v) if v == "1" => {
+                    exec(tx, "UPDATE meta SET value=?1 WHERE key='schema_version'", [SCHEMA_VERSION.to_string()])?;
+                }
                 Some(v) => {
                     return Err(SpaceError::BadStore {
                         path: path.to_path_buf(),
@@ -254,33 +266,34 @@ impl SqliteMeta {
             self.begin(&c)?;
         }
         let defer = defer && !self.durable.load(Ordering::Relaxed);
-        let done = f(&c).and_then(|(out, op)| match op {
-            Some(op) if defer => {
-                let generation = redo_generation(&c)?;
-                lock(&self.redo)
-                    .append(&RedoRecord { generation, op })
-                    .map_err(|e| SpaceError::io("appending to the metadata redo log", e))?;
+        // The log's length before this change's record, once appended.
+        let mut recorded_at = None;
+        let done = f(&c)
+            .and_then(|(out, op)| match op {
+                Some(op) if defer => {
+                    let generation = redo_generation(&c)?;
+                    recorded_at = Some(
+                        lock(&self.redo)
+                            .append(&RedoRecord { generation, op })
+                            .map_err(|e| SpaceError::io("appending to the metadata redo log", e))?,
+                    );
+                    Ok(out)
+                }
+                _ => Ok(out),
+            })
+            .and_then(|out| {
+                if joined {
+                    run(&c, "RELEASE op")?;
+                }
                 Ok(out)
-            }
-            _ => Ok(out),
-        });
+            });
         let out = match done {
             Ok(out) => out,
             Err(e) => {
-                let undo = if joined {
-                    run(&c, "ROLLBACK TO op").and_then(|()| run(&c, "RELEASE op"))
-                } else {
-                    run(&c, "ROLLBACK")
-                };
-                if let Err(u) = undo {
-                    log::error!("undoing a failed metadata change failed: {u}");
-                }
+                self.undo_failed(&c, joined, recorded_at);
                 return Err(e);
             }
         };
-        if joined {
-            run(&c, "RELEASE op")?;
-        }
         if defer {
             let mut since = lock(&self.deferred);
             if since.is_none() {
@@ -293,61 +306,133 @@ impl SqliteMeta {
         Ok(out)
     }
 
+    /// Undoes a change that failed: its savepoint (or the transaction it began) and its
+    /// record, if it made one. If SQLite already rolled back the whole transaction (it does
+    /// after some I/O errors), the group's earlier changes are gone from this connection but
+    /// their records are in the log: they are re-applied before anything reports success.
+    fn undo_failed(&self, c: &Connection, joined: bool, recorded_at: Option<u64>) {
+        let undo = if c.is_autocommit() {
+            Ok(())
+        } else if joined {
+            run(c, "ROLLBACK TO op").and_then(|()| run(c, "RELEASE op"))
+        } else {
+            run(c, "ROLLBACK")
+        };
+        if let Err(u) = undo {
+            log::error!("undoing a failed metadata change failed: {u}");
+            let _ = run(c, "ROLLBACK");
+        }
+        if let Some(len) = recorded_at {
+            if let Err(e) = lock(&self.redo).cut_to(len) {
+                // Re-applying it later is what would have happened had the process died: the
+                // change was valid when recorded, only its commit failed.
+                log::error!("removing the record of an undone change failed: {e}");
+            }
+        }
+        if joined && c.is_autocommit() {
+            log::error!(
+                "the open metadata transaction was rolled back; its changes will be re-applied from the redo log"
+            );
+            self.group_lost();
+        }
+    }
+
+    /// The open transaction is gone but its records are in the log: the committer thread
+    /// re-applies them as it would commit a group (10 ms), as does any write or sync first.
+    fn group_lost(&self) {
+        self.needs_replay.store(true, Ordering::Relaxed);
+        *lock(&self.deferred) = Some(Instant::now());
+        self.deferred_open.notify_all();
+    }
+
     /// Begins a write transaction. Records left in the redo log (a process died holding the
     /// write lock, or a commit failed) are applied and committed first, so that nothing is
-    /// built on a state that lacks them.
+    /// built on a state that lacks them. The log is emptied only here, while this connection
+    /// holds the write lock and every record in it is of an older generation: no process can
+    /// be appending then, and none of its records is still needed.
     fn begin(&self, c: &Connection) -> Result<()> {
-        run(c, "BEGIN IMMEDIATE")?;
-        let mut redo = lock(&self.redo);
-        let rollback = |e: SpaceError| {
-            let _ = run(c, "ROLLBACK");
-            e
-        };
-        let empty = redo
-            .is_empty()
-            .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))
-            .map_err(rollback)?;
-        if empty {
-            return Ok(());
-        }
-        match replay(c, &redo) {
-            Ok(n) => {
-                // A failed commit keeps the log for the next writer to try again.
-                run(c, "COMMIT").map_err(|e| rollback(e.into()))?;
-                if n > 0 {
-                    log::warn!(
-                        "re-applied {n} metadata change(s) that a process left uncommitted ({})",
-                        redo.path().display()
-                    );
-                }
-            }
-            Err(e) => {
+        let mut set_aside = false;
+        loop {
+            run(c, "BEGIN IMMEDIATE")?;
+            let mut redo = lock(&self.redo);
+            let failed = |e: SpaceError| {
                 let _ = run(c, "ROLLBACK");
-                let mut kept = redo.path().as_os_str().to_owned();
-                kept.push(format!(".failed-{}", now_ns()));
-                let kept = PathBuf::from(kept);
-                let copied = std::fs::copy(redo.path(), &kept);
+                e
+            };
+            let empty = redo
+                .is_empty()
+                .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))
+                .map_err(failed)?;
+            if empty {
+                self.needs_replay.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Unreadable (I/O, or a record of a newer build): nothing is written until it can
+            // be read, rather than build on a state that may lack its records.
+            let scan = redo
+                .read_all()
+                .map_err(|e| SpaceError::io("reading the metadata redo log", e))
+                .map_err(failed)?;
+            let current = redo_generation(c).map_err(|e| failed(e.into()))?;
+            let live: Vec<RedoRecord> = scan
+                .records
+                .into_iter()
+                .filter(|r| r.generation == current)
+                .collect();
+            let damaged = matches!(scan.tail, Tail::Damaged { .. });
+            if live.is_empty() {
+                if damaged && !set_aside {
+                    keep_copy(&redo, "it is damaged").map_err(failed)?;
+                }
+                if let Err(e) = redo.truncate() {
+                    log::error!("emptying {} failed: {e}", redo.path().display());
+                }
+                self.needs_replay.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            if let Tail::Damaged { at } = scan.tail {
                 log::error!(
-                    "re-applying the metadata redo log failed ({e}); its records are dropped{}",
-                    match copied {
-                        Ok(_) => format!(", a copy is kept at {}", kept.display()),
-                        Err(_) => String::new(),
-                    }
+                    "{}: unreadable record at byte {at}; the {} record(s) before it are re-applied",
+                    redo.path().display(),
+                    live.len()
                 );
             }
+            if scan.tail == Tail::Torn {
+                log::warn!(
+                    "{}: the log ends in a record cut short (written when the system lost power?); it is ignored",
+                    redo.path().display()
+                );
+            }
+            let (applied, rejected) = replay(c, &live).map_err(failed)?;
+            if rejected > 0 || damaged {
+                keep_copy(&redo, "some of it could not be applied").map_err(failed)?;
+                set_aside = true;
+            }
+            bump_redo_generation(c).map_err(|e| failed(e.into()))?;
+            // A failed commit keeps the log for the next writer to try again.
+            run(c, "COMMIT").map_err(|e| failed(e.into()))?;
+            log::warn!(
+                "re-applied {applied} metadata change(s) that a process left uncommitted ({})",
+                redo.path().display()
+            );
+            // Begin again: the log is emptied under the write lock, at the top.
         }
-        if let Err(e) = redo.truncate() {
-            log::error!("emptying {} failed: {e}", redo.path().display());
-        }
-        drop(redo);
-        run(c, "BEGIN IMMEDIATE")?;
-        Ok(())
     }
 
     /// Commits the open transaction, if any (rolled back if the commit fails; records of
-    /// its changes stay in the redo log, so the next transaction re-applies them).
+    /// its changes stay in the redo log, so the next transaction re-applies them, and until
+    /// then nothing reports success). Changes of a transaction lost earlier are re-applied
+    /// first.
     fn commit_open(&self, c: &Connection) -> Result<()> {
         if c.is_autocommit() {
+            *lock(&self.deferred) = None;
+            if self.needs_replay.load(Ordering::Relaxed) {
+                // begin() re-applies and commits them (durably or not, as this connection
+                // commits), then holds an empty transaction.
+                self.begin(c)?;
+                run(c, "COMMIT")?;
+                self.unsynced.store(true, Ordering::Relaxed);
+            }
             return Ok(());
         }
         let relaxed = !self.durable.load(Ordering::Relaxed);
@@ -361,22 +446,44 @@ impl SqliteMeta {
         .and_then(|()| run(c, "COMMIT"));
         *lock(&self.deferred) = None;
         if let Err(e) = r {
-            log::error!("metadata commit failed, its changes are undone: {e}");
+            log::error!("metadata commit failed, its changes are undone until re-applied: {e}");
             let _ = run(c, "ROLLBACK");
-            return Err(e.into());
-        }
-        let mut redo = lock(&self.redo);
-        if redo.dirty() {
-            // Harmless if it fails: the records are of an older generation now.
-            if let Err(e) = redo.truncate() {
-                log::error!("emptying {} failed: {e}", redo.path().display());
+            if lock(&self.redo).dirty() {
+                self.group_lost();
             }
+            return Err(e.into());
         }
         if relaxed {
             self.unsynced.store(true, Ordering::Relaxed);
         }
         Ok(())
     }
+}
+
+/// Keeps a copy of the redo log beside it (`meta.db-redo.failed-<ns>`) before records are
+/// given up; if no copy can be made, nothing is given up.
+fn keep_copy(redo: &RedoLog, why: &str) -> Result<()> {
+    let mut kept = redo.path().as_os_str().to_owned();
+    kept.push(format!(".failed-{}", now_ns()));
+    let kept = PathBuf::from(kept);
+    std::fs::copy(redo.path(), &kept)
+        .and_then(|_| std::fs::File::open(&kept)?.sync_all())
+        .map_err(|e| {
+            SpaceError::io(
+                format!(
+                    "keeping a copy of {} ({why}) at {}",
+                    redo.path().display(),
+                    kept.display()
+                ),
+                e,
+            )
+        })?;
+    log::error!(
+        "{}: {why}; a copy is kept at {}",
+        redo.path().display(),
+        kept.display()
+    );
+    Ok(())
 }
 
 /// The generation of the committed state (`meta.redo_gen`): records carry the one they were
@@ -399,27 +506,15 @@ fn bump_redo_generation(c: &Connection) -> rusqlite::Result<()> {
     .map(|_| ())
 }
 
-/// Applies the log's records of the current generation inside the open transaction and
-/// starts a new generation; returns how many were applied.
-fn replay(c: &Connection, redo: &RedoLog) -> Result<usize> {
-    let (records, torn) = redo
-        .read_all()
-        .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))?;
-    if torn {
-        log::warn!(
-            "{}: the log ends in an unreadable record (written when the system lost power?); it is ignored",
-            redo.path().display()
-        );
-    }
-    let current = redo_generation(c)?;
-    let mut applied = 0;
-    for r in records {
-        if r.generation != current {
-            // Committed already (the log was not emptied after), or made on top of a relaxed
-            // commit that power loss dropped.
-            continue;
-        }
-        match r.op {
+/// Applies records (of the current generation) inside the open transaction, each in a
+/// savepoint of its own; returns how many were applied and how many could not be (logged and
+/// skipped: the state no longer admits them, e.g. a name taken meanwhile). Any other failure
+/// (I/O, a full disk) is returned with nothing skipped, so the log is kept for a later try.
+fn replay(c: &Connection, records: &[RedoRecord]) -> Result<(usize, usize)> {
+    let (mut applied, mut rejected) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        run(c, "SAVEPOINT rec")?;
+        let done = match &r.op {
             RedoOp::Create {
                 parent,
                 name,
@@ -427,25 +522,59 @@ fn replay(c: &Connection, redo: &RedoLog) -> Result<usize> {
                 uuid,
                 t,
                 node,
-            } => {
-                create_node(c, parent, &name, &node, Some(ino), uuid, t)?;
-            }
+            } => create_node(c, *parent, name, node, Some(*ino), *uuid, *t).map(|_| ()),
             RedoOp::Content {
                 ino,
                 t,
                 expect_version,
                 content,
-            } => {
-                commit_content_at(c, ino, &content, expect_version, t)?;
+            } => commit_content_at(c, *ino, content, *expect_version, *t).map(|_| ()),
+            RedoOp::SetAttr { ino, t, attr } => set_attr_at(c, *ino, attr, *t).map(|_| ()),
+        };
+        match done {
+            Ok(()) => {
+                run(c, "RELEASE rec")?;
+                applied += 1;
             }
-            RedoOp::SetAttr { ino, t, attr } => {
-                set_attr_at(c, ino, &attr, t)?;
+            Err(e) if cannot_apply(&e) => {
+                run(c, "ROLLBACK TO rec")?;
+                run(c, "RELEASE rec")?;
+                log::error!(
+                    "redo record {i} ({:?}) cannot be applied: {e}",
+                    op_kind(&r.op)
+                );
+                rejected += 1;
             }
+            Err(e) => return Err(e),
         }
-        applied += 1;
     }
-    bump_redo_generation(c)?;
-    Ok(applied)
+    Ok((applied, rejected))
+}
+
+/// Errors that say the state does not admit a record (it would fail the same way on every
+/// try), as opposed to ones that may pass later (I/O, a full disk, a busy database).
+fn cannot_apply(e: &SpaceError) -> bool {
+    match e {
+        SpaceError::NotFound(_)
+        | SpaceError::AlreadyExists(_)
+        | SpaceError::NotEmpty(_)
+        | SpaceError::NotADirectory(_)
+        | SpaceError::IsADirectory(_)
+        | SpaceError::InvalidArgument(_)
+        | SpaceError::Integrity { .. } => true,
+        SpaceError::Meta(rusqlite::Error::SqliteFailure(f, _)) => {
+            f.code == rusqlite::ErrorCode::ConstraintViolation
+        }
+        _ => false,
+    }
+}
+
+fn op_kind(op: &RedoOp) -> &'static str {
+    match op {
+        RedoOp::Create { .. } => "create",
+        RedoOp::Content { .. } => "content",
+        RedoOp::SetAttr { .. } => "attributes",
+    }
 }
 
 #[cfg(test)]
@@ -1310,6 +1439,10 @@ impl MetaStore for SqliteMeta {
         self.commit_open(&c)
     }
 
+    fn barrier(&self) -> Result<()> {
+        self.write(|_| Ok(()))
+    }
+
     fn commit_deferred_when_due(&self, limit: Duration, idle: Duration) -> Result<()> {
         let since = {
             let g = lock(&self.deferred);
@@ -2046,12 +2179,12 @@ mod tests {
         let records = std::fs::read(&log).unwrap();
         assert!(!records.is_empty(), "grouped changes are in the log");
         m.commit_deferred().unwrap();
+        m.unlink(ROOT_INO, b"f").unwrap();
         assert_eq!(
             std::fs::metadata(&log).unwrap().len(),
             0,
-            "a commit empties the log"
+            "the next writer empties the log of committed records"
         );
-        m.unlink(ROOT_INO, b"f").unwrap();
 
         // As if the process died between its commit and emptying the log.
         std::fs::write(&log, &records).unwrap();
@@ -2064,12 +2197,160 @@ mod tests {
         assert!(other.check().unwrap().is_empty());
     }
 
-    #[test]
-    fn a_record_that_cannot_be_applied_is_set_aside_and_writes_go_on() {
+    /// A store with two connections, the first committing as a mount does (relaxed).
+    fn relaxed_pair() -> (tempfile::TempDir, SqliteMeta, SqliteMeta) {
         let dir = tempfile::tempdir().unwrap();
-        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
-        let generation = m.read(|c| Ok(redo_generation(c)?)).unwrap();
-        let bogus = RedoRecord {
+        let (m, other) = two_connections(&dir);
+        m.set_durable_commits(false).unwrap();
+        (dir, m, other)
+    }
+
+    fn log_len(dir: &tempfile::TempDir) -> u64 {
+        std::fs::metadata(dir.path().join("meta.db-redo"))
+            .unwrap()
+            .len()
+    }
+
+    fn kept_copies(dir: &tempfile::TempDir) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("meta.db-redo.failed-")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_committed_groups_records_stay_until_a_writer_holding_the_lock_empties_the_log() {
+        // Emptying the log right after COMMIT (without the write lock) could wipe records
+        // another mount appended in between; only a writer inside its transaction empties it.
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_connections(&dir);
+        a.set_durable_commits(false).unwrap();
+        b.set_durable_commits(false).unwrap();
+        a.create(ROOT_INO, b"from-a", new(NodeKind::File, 0))
+            .unwrap();
+        a.commit_deferred().unwrap();
+        assert!(log_len(&dir) > 0, "a's committed records are left");
+        b.create(ROOT_INO, b"from-b", new(NodeKind::File, 0))
+            .unwrap();
+        let after_b = log_len(&dir);
+        a.commit_deferred().unwrap();
+        assert_eq!(
+            log_len(&dir),
+            after_b,
+            "nothing open in a: the log is untouched"
+        );
+        b.abandon();
+        // b died before its group committed: the next writer re-applies its record.
+        a.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(a.lookup(ROOT_INO, b"from-b").unwrap().is_some());
+        assert!(a.lookup(ROOT_INO, b"from-a").unwrap().is_some());
+        assert!(a.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_group_whose_commit_fails_is_reapplied_before_sync_reports_success() {
+        let (_dir, m, other) = relaxed_pair();
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(f.ino, &small_content(1, b"kept"), None)
+            .unwrap();
+        // Make this group's commit fail (the trigger is part of the transaction it fails).
+        m.read(|c| {
+            c.execute_batch(
+                "CREATE TEMP TRIGGER fail_ins BEFORE INSERT ON meta WHEN NEW.key='redo_gen'
+                   BEGIN SELECT RAISE(ABORT, 'injected commit failure'); END;
+                 CREATE TEMP TRIGGER fail_upd BEFORE UPDATE ON meta WHEN NEW.key='redo_gen'
+                   BEGIN SELECT RAISE(ABORT, 'injected commit failure'); END;",
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let e = m.commit_deferred().unwrap_err();
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_none());
+        // sync re-applies the group from the log before it reports success.
+        m.sync().unwrap();
+        let seen = other.lookup(ROOT_INO, b"f").unwrap().unwrap();
+        assert_eq!((seen.ino, seen.size), (f.ino, 4));
+        assert_eq!(
+            other.extents_from(f.ino, 0, 10).unwrap()[0].chunk,
+            ChunkId([1; 32])
+        );
+        assert!(
+            m.lookup(ROOT_INO, b"f").unwrap().is_some(),
+            "and m sees it again"
+        );
+        assert!(other.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_read_stops_writes_and_is_kept() {
+        let (dir, m, other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        // A record of a kind this build does not know follows f's.
+        let mut body = other
+            .read(|c| Ok(redo_generation(c)?))
+            .unwrap()
+            .to_le_bytes()
+            .to_vec();
+        body.extend_from_slice(&[200, 0, 0]);
+        let frame = super::super::redo::frame_of(&body);
+        let log = dir.path().join("meta.db-redo");
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes.extend_from_slice(&frame);
+        std::fs::write(&log, &bytes).unwrap();
+        let e = other
+            .create(ROOT_INO, b"d", new(NodeKind::Dir, 0))
+            .unwrap_err();
+        assert!(e.to_string().contains("does not know"), "{e}");
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            bytes,
+            "the log is kept as it is"
+        );
+        assert!(other.lookup(ROOT_INO, b"d").unwrap().is_none());
+    }
+
+    #[test]
+    fn records_before_damage_are_applied_and_the_log_is_kept_aside() {
+        let (dir, m, other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        let log = dir.path().join("meta.db-redo");
+        let first = log_len(&dir) as usize;
+        m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
+        m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[first + 20] ^= 0x40; // inside g's record, with h's after it
+        std::fs::write(&log, &bytes).unwrap();
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+        assert!(other.lookup(ROOT_INO, b"g").unwrap().is_none());
+        assert_eq!(
+            kept_copies(&dir).len(),
+            1,
+            "a copy of the damaged log is kept"
+        );
+        assert_eq!(std::fs::read(&kept_copies(&dir)[0]).unwrap(), bytes);
+        assert_eq!(log_len(&dir), 0);
+        other.create(ROOT_INO, b"e", new(NodeKind::Dir, 0)).unwrap();
+        assert_eq!(kept_copies(&dir).len(), 1, "kept once");
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_applied_is_set_aside_and_the_ones_after_it_apply() {
+        let (dir, m, other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        let generation = other.read(|c| Ok(redo_generation(c)?)).unwrap();
+        let mut redo = lock(&other.redo);
+        redo.append(&RedoRecord {
             generation,
             op: RedoOp::Content {
                 ino: 999,
@@ -2077,20 +2358,31 @@ mod tests {
                 expect_version: None,
                 content: small_content(1, b"x"),
             },
-        };
-        lock(&m.redo).append(&bogus).unwrap();
-        m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
-        assert!(m.lookup(ROOT_INO, b"d").unwrap().is_some());
-        assert!(m.check().unwrap().is_empty());
-        let names: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        })
+        .unwrap();
+        redo.append(&RedoRecord {
+            generation,
+            op: RedoOp::Create {
+                parent: ROOT_INO,
+                name: b"g".to_vec(),
+                ino: 5000,
+                uuid: Uuid::new_v4(),
+                t: 1,
+                node: new(NodeKind::File, 0),
+            },
+        })
+        .unwrap();
+        drop(redo);
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+        assert_eq!(other.lookup(ROOT_INO, b"g").unwrap().unwrap().ino, 5000);
         assert!(
-            names.iter().any(|n| n.starts_with("meta.db-redo.failed-")),
-            "the log is kept for inspection: {names:?}"
+            other.lookup(ROOT_INO, b"d").unwrap().is_some(),
+            "writes go on"
         );
-        assert!(lock(&m.redo).is_empty().unwrap());
+        assert_eq!(kept_copies(&dir).len(), 1, "the log is kept for inspection");
+        assert!(lock(&other.redo).is_empty().unwrap());
+        assert!(other.check().unwrap().is_empty());
     }
 
     #[test]
