@@ -164,6 +164,12 @@ impl RedoLog {
     /// Cuts the log back to `len` bytes (what [`RedoLog::append`] returned): the record
     /// after it is of a change that was undone.
     pub fn cut_to(&mut self, len: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() < len {
+            return Err(io::Error::other(format!(
+                "{} is shorter than the length to cut it to ({len}): emptied meanwhile?",
+                self.path.display()
+            )));
+        }
         self.file.set_len(len)
     }
 
@@ -179,6 +185,30 @@ impl RedoLog {
     /// Records were appended since the last truncation (by this connection).
     pub fn dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// The log was found empty (perhaps emptied by another process): appends may go on.
+    pub fn emptied(&mut self) {
+        self.dirty = false;
+        self.broken = false;
+    }
+
+    /// No more appends until the log is emptied (emptying it failed).
+    pub fn refuse_appends(&mut self) {
+        self.broken = true;
+    }
+
+    /// The generation of the first record, read from its first bytes alone (`None` if the
+    /// log is shorter than that). The caller knows every record is of one generation.
+    pub fn first_generation(&self) -> io::Result<Option<u64>> {
+        let mut head = [0u8; FRAME + 8];
+        match self.file.read_exact_at(&mut head, 0) {
+            Ok(()) => Ok(Some(u64::from_le_bytes(
+                head[FRAME..].try_into().expect("8 bytes"),
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every whole record in the log, and how it ends. A record of a kind this build does

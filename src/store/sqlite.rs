@@ -180,6 +180,24 @@ impl SqliteMeta {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
+        // Refuse a newer schema before anything here writes to it (the schema statements
+        // below, or a replay of the redo log by the first transaction).
+        let found: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        if let Some(v) = found.filter(|v| *v != "1" && *v != SCHEMA_VERSION.to_string()) {
+            return Err(SpaceError::BadStore {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
+                ),
+            });
+        }
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
         let m = SqliteMeta {
@@ -212,8 +230,9 @@ impl SqliteMeta {
                     )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
-                // Schema 1 is 2 without the redo log: upgraded in place (this transaction
-                // replayed nothing, since no build of schema 1 writes records).
+                // Schema 1 is 2 without the redo log: upgraded in place, so that builds that
+                // would ignore the log refuse the store from now on (processes of such a build
+                // still running on it must be stopped first: docs/FORMAT.md 6).
                 Some(v) if v == "1" => {
                     exec(tx, "UPDATE meta SET value=?1 WHERE key='schema_version'", [SCHEMA_VERSION.to_string()])?;
                 }
@@ -231,6 +250,10 @@ impl SqliteMeta {
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let c = lock(&self.conn);
+        if self.needs_replay.load(Ordering::Relaxed) {
+            // This connection lost a group whose calls returned: show nothing without it.
+            self.commit_open(&c)?;
+        }
         f(&c)
     }
 
@@ -311,7 +334,18 @@ impl SqliteMeta {
     /// after some I/O errors), the group's earlier changes are gone from this connection but
     /// their records are in the log: they are re-applied before anything reports success.
     fn undo_failed(&self, c: &Connection, joined: bool, recorded_at: Option<u64>) {
-        let undo = if c.is_autocommit() {
+        let lost = c.is_autocommit();
+        // The record goes first, while this connection still holds the write lock (no other
+        // process appends or empties the log meanwhile). If SQLite already rolled the whole
+        // transaction back, the lock is gone and so is the right to cut: the record stays,
+        // and is re-applied with the rest of the group (the change was valid when recorded;
+        // only what came after it failed).
+        if let (Some(len), false) = (recorded_at, lost) {
+            if let Err(e) = lock(&self.redo).cut_to(len) {
+                log::error!("removing the record of an undone change failed: {e}");
+            }
+        }
+        let undo = if lost {
             Ok(())
         } else if joined {
             run(c, "ROLLBACK TO op").and_then(|()| run(c, "RELEASE op"))
@@ -321,13 +355,6 @@ impl SqliteMeta {
         if let Err(u) = undo {
             log::error!("undoing a failed metadata change failed: {u}");
             let _ = run(c, "ROLLBACK");
-        }
-        if let Some(len) = recorded_at {
-            if let Err(e) = lock(&self.redo).cut_to(len) {
-                // Re-applying it later is what would have happened had the process died: the
-                // change was valid when recorded, only its commit failed.
-                log::error!("removing the record of an undone change failed: {e}");
-            }
         }
         if joined && c.is_autocommit() {
             log::error!(
@@ -364,6 +391,21 @@ impl SqliteMeta {
                 .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))
                 .map_err(failed)?;
             if empty {
+                redo.emptied();
+                self.needs_replay.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
+            let current = redo_generation(c).map_err(|e| failed(e.into()))?;
+            // Every begin() empties a log of older records, and a log whose emptying failed
+            // takes no more records: so all records in the log are of one generation, and
+            // the first one's tells whether the log is stale (the common case: the previous
+            // group's records, left by its commit) without reading the rest.
+            let first = redo
+                .first_generation()
+                .map_err(|e| SpaceError::io(format!("reading {}", redo.path().display()), e))
+                .map_err(failed)?;
+            if first.is_some_and(|g| g != current) {
+                self.empty_log(&mut redo);
                 self.needs_replay.store(false, Ordering::Relaxed);
                 return Ok(());
             }
@@ -373,7 +415,6 @@ impl SqliteMeta {
                 .read_all()
                 .map_err(|e| SpaceError::io("reading the metadata redo log", e))
                 .map_err(failed)?;
-            let current = redo_generation(c).map_err(|e| failed(e.into()))?;
             let live: Vec<RedoRecord> = scan
                 .records
                 .into_iter()
@@ -384,9 +425,7 @@ impl SqliteMeta {
                 if damaged && !set_aside {
                     keep_copy(&redo, "it is damaged").map_err(failed)?;
                 }
-                if let Err(e) = redo.truncate() {
-                    log::error!("emptying {} failed: {e}", redo.path().display());
-                }
+                self.empty_log(&mut redo);
                 self.needs_replay.store(false, Ordering::Relaxed);
                 return Ok(());
             }
@@ -411,11 +450,24 @@ impl SqliteMeta {
             bump_redo_generation(c).map_err(|e| failed(e.into()))?;
             // A failed commit keeps the log for the next writer to try again.
             run(c, "COMMIT").map_err(|e| failed(e.into()))?;
+            // Committed as this connection commits: with relaxed commits, not durable until
+            // the next sync, which must not skip it.
+            self.unsynced.store(true, Ordering::Relaxed);
             log::warn!(
                 "re-applied {applied} metadata change(s) that a process left uncommitted ({})",
                 redo.path().display()
             );
             // Begin again: the log is emptied under the write lock, at the top.
+        }
+    }
+
+    /// Empties a log of older records (see [`SqliteMeta::begin`]). If that fails, the log
+    /// takes no more records (appends fail) until it is emptied: a new record behind old
+    /// ones could be hidden by damage among them, and the one-generation rule would break.
+    fn empty_log(&self, redo: &mut RedoLog) {
+        if let Err(e) = redo.truncate() {
+            log::error!("emptying {} failed: {e}", redo.path().display());
+            redo.refuse_appends();
         }
     }
 
@@ -496,12 +548,21 @@ fn redo_generation(c: &Connection) -> rusqlite::Result<u64> {
     Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
+/// Starts a new generation: a random value, not a counter, so that after power loss took
+/// some relaxed commits (and the generations they had reached), the generations the store
+/// reaches next can never equal those of records left from the lost history.
 fn bump_redo_generation(c: &Connection) -> rusqlite::Result<()> {
+    let now = redo_generation(c)?;
+    let next = loop {
+        let g = rand::random::<u64>();
+        if g != now {
+            break g;
+        }
+    };
     exec(
         c,
-        "INSERT INTO meta VALUES ('redo_gen', '1')
-         ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT)",
-        [],
+        "INSERT OR REPLACE INTO meta VALUES ('redo_gen', ?1)",
+        [next.to_string()],
     )
     .map(|_| ())
 }
@@ -512,7 +573,23 @@ fn bump_redo_generation(c: &Connection) -> rusqlite::Result<()> {
 /// (I/O, a full disk) is returned with nothing skipped, so the log is kept for a later try.
 fn replay(c: &Connection, records: &[RedoRecord]) -> Result<(usize, usize)> {
     let (mut applied, mut rejected) = (0, 0);
+    // Nodes whose creation was rejected: later records of the same ino describe that node,
+    // not whichever node holds the number now, so they are rejected too.
+    let mut not_created = std::collections::HashSet::new();
     for (i, r) in records.iter().enumerate() {
+        let ino = match &r.op {
+            RedoOp::Create { ino, .. }
+            | RedoOp::Content { ino, .. }
+            | RedoOp::SetAttr { ino, .. } => *ino,
+        };
+        if not_created.contains(&ino) {
+            log::error!(
+                "redo record {i} ({}) is skipped: it follows the rejected creation of inode {ino}",
+                op_kind(&r.op)
+            );
+            rejected += 1;
+            continue;
+        }
         run(c, "SAVEPOINT rec")?;
         let done = match &r.op {
             RedoOp::Create {
@@ -540,9 +617,12 @@ fn replay(c: &Connection, records: &[RedoRecord]) -> Result<(usize, usize)> {
                 run(c, "ROLLBACK TO rec")?;
                 run(c, "RELEASE rec")?;
                 log::error!(
-                    "redo record {i} ({:?}) cannot be applied: {e}",
+                    "redo record {i} ({}) cannot be applied: {e}",
                     op_kind(&r.op)
                 );
+                if matches!(r.op, RedoOp::Create { .. }) {
+                    not_created.insert(ino);
+                }
                 rejected += 1;
             }
             Err(e) => return Err(e),
@@ -2253,13 +2333,13 @@ mod tests {
         assert!(a.check().unwrap().is_empty());
     }
 
-    #[test]
-    fn a_group_whose_commit_fails_is_reapplied_before_sync_reports_success() {
-        let (_dir, m, other) = relaxed_pair();
+    /// A mount's group (file "f" with content) whose commit fails; returns f.
+    fn group_whose_commit_failed(m: &SqliteMeta) -> Node {
         let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(f.ino, &small_content(1, b"kept"), None)
+        let f = m
+            .commit_content(f.ino, &small_content(1, b"kept"), None)
             .unwrap();
-        // Make this group's commit fail (the trigger is part of the transaction it fails).
+        // The trigger is part of the transaction whose commit it fails, and goes with it.
         m.read(|c| {
             c.execute_batch(
                 "CREATE TEMP TRIGGER fail_ins BEFORE INSERT ON meta WHEN NEW.key='redo_gen'
@@ -2272,20 +2352,150 @@ mod tests {
         .unwrap();
         let e = m.commit_deferred().unwrap_err();
         assert!(e.to_string().contains("injected"), "{e}");
+        f
+    }
+
+    #[test]
+    fn a_group_whose_commit_fails_is_reapplied_before_sync_reports_success() {
+        let (_dir, m, other) = relaxed_pair();
+        let f = group_whose_commit_failed(&m);
         assert!(other.lookup(ROOT_INO, b"f").unwrap().is_none());
-        // sync re-applies the group from the log before it reports success.
         m.sync().unwrap();
         let seen = other.lookup(ROOT_INO, b"f").unwrap().unwrap();
-        assert_eq!((seen.ino, seen.size), (f.ino, 4));
+        assert_eq!((seen.ino, seen.size, seen.version), (f.ino, 4, f.version));
         assert_eq!(
             other.extents_from(f.ino, 0, 10).unwrap()[0].chunk,
             ChunkId([1; 32])
         );
-        assert!(
-            m.lookup(ROOT_INO, b"f").unwrap().is_some(),
-            "and m sees it again"
-        );
         assert!(other.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_connection_that_lost_a_group_reads_it_back_at_once() {
+        let (_dir, m, other) = relaxed_pair();
+        let f = group_whose_commit_failed(&m);
+        let seen = m.lookup(ROOT_INO, b"f").unwrap().unwrap();
+        assert_eq!((seen.ino, seen.size), (f.ino, 4));
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_replay_inside_a_later_write_is_synced_by_the_next_sync() {
+        let (_dir, m, _other) = relaxed_pair();
+        m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        m.sync().unwrap();
+        group_whose_commit_failed(&m);
+        assert!(!m.unsynced.load(Ordering::Relaxed));
+        // A change that fails after its transaction re-applied (and committed) the group.
+        m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap_err();
+        assert!(
+            m.unsynced.load(Ordering::Relaxed),
+            "the replay's relaxed commit is left for sync to flush"
+        );
+    }
+
+    #[test]
+    fn records_of_a_node_whose_creation_was_rejected_are_not_applied_to_another() {
+        let (dir, m, other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        let x = {
+            // A node that holds the number a record names (as a build without the log, or
+            // a lost history, could leave).
+            let c = Connection::open(dir.path().join("meta.db")).unwrap();
+            let max: i64 = c
+                .query_row("SELECT MAX(ino) FROM nodes", [], |r| r.get(0))
+                .unwrap();
+            drop(c);
+            max as u64 + 100
+        };
+        let generation = other.read(|c| Ok(redo_generation(c)?)).unwrap();
+        let mut redo = lock(&other.redo);
+        let created = |name: &[u8], ino| RedoRecord {
+            generation,
+            op: RedoOp::Create {
+                parent: ROOT_INO,
+                name: name.to_vec(),
+                ino,
+                uuid: Uuid::new_v4(),
+                t: 1,
+                node: new(NodeKind::File, 0),
+            },
+        };
+        redo.append(&created(b"x", x)).unwrap();
+        redo.append(&created(b"y", x)).unwrap();
+        redo.append(&RedoRecord {
+            generation,
+            op: RedoOp::SetAttr {
+                ino: x,
+                t: 2,
+                attr: SetAttr {
+                    mode: Some(0o600),
+                    ..Default::default()
+                },
+            },
+        })
+        .unwrap();
+        drop(redo);
+        // x's record applies; y's is rejected (its ino is x's now); y's attributes, recorded
+        // for the node y would have been, must not land on x.
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        assert_eq!(other.lookup(ROOT_INO, b"x").unwrap().unwrap().ino, x);
+        assert!(other.lookup(ROOT_INO, b"y").unwrap().is_none());
+        assert_eq!(other.get(x).unwrap().unwrap().mode, 0o640);
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+        assert_eq!(kept_copies(&dir).len(), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let (m, other) = two_connections(&dir);
+        m.set_durable_commits(false).unwrap();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        other
+            .read(|c| {
+                c.execute_batch("UPDATE meta SET value='3' WHERE key='schema_version'")?;
+                Ok(())
+            })
+            .unwrap();
+        drop(other);
+        let log = std::fs::read(dir.path().join("meta.db-redo")).unwrap();
+        assert!(!log.is_empty());
+        let e = SqliteMeta::open(&path, 0, 0).err().unwrap();
+        assert!(e.to_string().contains("schema version 3"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join("meta.db-redo")).unwrap(), log);
+        let c = Connection::open(&path).unwrap();
+        let f: i64 = c
+            .query_row("SELECT COUNT(*) FROM dentries WHERE name=x'66'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(f, 0, "the log was not replayed");
+    }
+
+    #[test]
+    fn a_schema_1_store_is_upgraded_to_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        drop(SqliteMeta::open(&path, 0, 0).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("UPDATE meta SET value='1' WHERE key='schema_version'")
+            .unwrap();
+        drop(c);
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        let v: String = m
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT value FROM meta WHERE key='schema_version'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .unwrap();
+        assert_eq!(v, "2");
     }
 
     #[test]
