@@ -659,12 +659,18 @@ fn op_kind(op: &RedoOp) -> &'static str {
 
 #[cfg(test)]
 impl SqliteMeta {
-    /// Drops the connection as a killed process would: the open transaction is lost.
+    /// Drops the connection as a killed process would: the open transaction is lost, and
+    /// nothing a clean close does (commit, emptying the log) happens.
     fn abandon(self) {
-        let c = lock(&self.conn);
-        if !c.is_autocommit() {
-            run(&c, "ROLLBACK").unwrap();
+        {
+            let c = lock(&self.conn);
+            if !c.is_autocommit() {
+                run(&c, "ROLLBACK").unwrap();
+            }
         }
+        // Skips Drop; the connection (holding no lock after the rollback) leaks, as a test
+        // can afford.
+        std::mem::forget(self);
     }
 }
 
@@ -673,6 +679,15 @@ impl Drop for SqliteMeta {
         let c = lock(&self.conn);
         if let Err(e) = self.commit_open(&c) {
             log::error!("committing deferred metadata changes at close failed: {e}");
+            return;
+        }
+        // Leave no records behind a clean close (they would only be found stale by the next
+        // writer): an empty transaction empties the log of this connection's records.
+        if lock(&self.redo).dirty() {
+            let emptied = self.begin(&c).and_then(|()| Ok(run(&c, "COMMIT")?));
+            if let Err(e) = emptied {
+                log::warn!("emptying the metadata redo log at close failed: {e}");
+            }
         }
     }
 }
@@ -2593,6 +2608,19 @@ mod tests {
         assert_eq!(kept_copies(&dir).len(), 1, "the log is kept for inspection");
         assert!(lock(&other.redo).is_empty().unwrap());
         assert!(other.check().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_clean_close_leaves_the_log_empty() {
+        let (dir, m, _other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        m.commit_deferred().unwrap();
+        assert!(
+            log_len(&dir) > 0,
+            "committed records stay until a writer empties the log"
+        );
+        drop(m);
+        assert_eq!(log_len(&dir), 0);
     }
 
     #[test]
