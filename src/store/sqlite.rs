@@ -111,6 +111,8 @@ pub struct SqliteMeta {
     /// after an I/O error) while the log held its records: they must be re-applied before a
     /// commit or sync reports success, and before this connection shows its own changes again.
     needs_replay: AtomicBool,
+    /// When a read last tried to re-apply a lost group (reads retry at most once a second).
+    replay_tried: Mutex<Option<Instant>>,
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
@@ -215,6 +217,7 @@ impl SqliteMeta {
                 SpaceError::io(format!("opening the redo log of {}", path.display()), e)
             })?),
             needs_replay: AtomicBool::new(false),
+            replay_tried: Mutex::new(None),
         };
         m.write(|tx| {
             let v: Option<String> = tx
@@ -251,10 +254,30 @@ impl SqliteMeta {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let c = lock(&self.conn);
         if self.needs_replay.load(Ordering::Relaxed) {
-            // This connection lost a group whose calls returned: show nothing without it.
-            self.commit_open(&c)?;
+            // This connection lost a group whose calls returned: re-apply it before reading.
+            // If that fails (a full disk, a busy store), reads go on from the committed
+            // state, trying again at most once a second: commits and syncs still fail until
+            // the group is back, but the mount stays readable.
+            let mut last = lock(&self.replay_tried);
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *last = Some(Instant::now());
+                drop(last);
+                if let Err(e) = self.commit_open(&c) {
+                    log::warn!("re-applying a lost group of metadata changes failed: {e}");
+                }
+            }
         }
-        f(&c)
+        let open = !c.is_autocommit();
+        let out = f(&c);
+        if open && c.is_autocommit() {
+            // SQLite rolls the whole transaction back after some errors (I/O, a full disk),
+            // even in a read-only statement: the group is gone, its records are not.
+            log::error!(
+                "the open metadata transaction was rolled back by a failed read; its changes will be re-applied from the redo log"
+            );
+            self.group_lost();
+        }
+        out
     }
 
     /// Runs `f` in an IMMEDIATE transaction (takes the write lock up front, so concurrent
@@ -341,8 +364,12 @@ impl SqliteMeta {
         // and is re-applied with the rest of the group (the change was valid when recorded;
         // only what came after it failed).
         if let (Some(len), false) = (recorded_at, lost) {
-            if let Err(e) = lock(&self.redo).cut_to(len) {
+            let mut redo = lock(&self.redo);
+            if let Err(e) = redo.cut_to(len) {
+                // Harmless once the group commits (the record is then of an older
+                // generation); until then no record may follow it.
                 log::error!("removing the record of an undone change failed: {e}");
+                redo.refuse_appends();
             }
         }
         let undo = if lost {
@@ -2160,8 +2187,9 @@ mod tests {
         m.commit_deferred().unwrap();
         assert!(seen_by_other(b"g"), "committed together");
 
-        m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
+        // (Taken before the group opens: its deadline counts from then.)
         let t = Instant::now();
+        m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
         m.commit_deferred_when_due(Duration::from_millis(50), Duration::from_secs(5))
             .unwrap();
         assert!(
@@ -2391,6 +2419,21 @@ mod tests {
         let f = group_whose_commit_failed(&m);
         let seen = m.lookup(ROOT_INO, b"f").unwrap().unwrap();
         assert_eq!((seen.ino, seen.size), (f.ino, 4));
+        assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_group_rolled_back_under_a_read_is_noticed_and_reapplied() {
+        let (_dir, m, other) = relaxed_pair();
+        m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        // As SQLite does after an I/O error in any statement: the whole transaction goes.
+        m.read(|c| {
+            c.execute_batch("ROLLBACK")?;
+            Ok(())
+        })
+        .unwrap();
+        assert!(m.needs_replay.load(Ordering::Relaxed));
+        m.sync().unwrap();
         assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
     }
 
