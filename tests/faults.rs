@@ -472,3 +472,22 @@ fn get_into_a_closed_pipe_exits_141_quietly() {
     assert_eq!(o.status.code(), Some(141), "{}", common::stderr(&o));
     assert_eq!(common::stderr(&o), "");
 }
+
+#[test]
+fn fsck_reports_a_redo_log_set_aside_as_damage() {
+    let (_t, dir) = common::new_store();
+    assert!(common::spacectl(&dir, &["fsck"]).status.success());
+    // What a writer leaves when records of a crashed mount could not be re-applied
+    // (docs/FORMAT.md 5.3): the store is not clean until someone has looked.
+    let kept = dir.join("meta.db-redo.failed-1765000000000000000");
+    std::fs::write(&kept, b"records").unwrap();
+    let o = common::spacectl(&dir, &["fsck"]);
+    assert_eq!(o.status.code(), Some(6));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("could not be re-applied") && out.contains(kept.to_str().unwrap()),
+        "{out}"
+    );
+    std::fs::remove_file(&kept).unwrap();
+    assert!(common::spacectl(&dir, &["fsck"]).status.success());
+}

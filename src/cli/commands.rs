@@ -527,6 +527,13 @@ fn fsck(space: &Space) -> Result<i32> {
             human_bytes(report.dead_pack_bytes)
         );
     }
+    for p in &report.set_aside_logs {
+        println!(
+            "DAMAGED metadata: {} holds changes that could not be re-applied after a crash \
+             (the daemon's log says which); remove it once inspected",
+            p.display()
+        );
+    }
     if report.damaged() {
         println!("store is DAMAGED");
         Ok(6)

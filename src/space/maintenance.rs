@@ -22,11 +22,17 @@ pub struct FsckReport {
     /// Bytes in pack files that no live chunk uses, alignment padding included (gc repacks
     /// packs that are mostly dead).
     pub dead_pack_bytes: u64,
+    /// Copies of the metadata redo log kept when some of its records could not be
+    /// re-applied (docs/FORMAT.md 5.3): changes whose calls had returned were not kept, so
+    /// the store counts as damaged until someone has looked and removed the copies.
+    pub set_aside_logs: Vec<std::path::PathBuf>,
 }
 
 impl FsckReport {
     pub fn damaged(&self) -> bool {
-        !self.meta_problems.is_empty() || !self.bad_chunks.is_empty()
+        !self.meta_problems.is_empty()
+            || !self.bad_chunks.is_empty()
+            || !self.set_aside_logs.is_empty()
     }
 }
 
@@ -97,6 +103,16 @@ impl Space {
         {
             report.dead_pack_bytes += size.saturating_sub(usage.get(&pack).copied().unwrap_or(0));
         }
+        let set_aside = format!("{}-redo.failed-", crate::store::META_FILE);
+        for e in std::fs::read_dir(&self.store.dir)
+            .map_err(|e| SpaceError::io("listing the store directory", e))?
+        {
+            let e = e.map_err(|e| SpaceError::io("listing the store directory", e))?;
+            if e.file_name().to_string_lossy().starts_with(&set_aside) {
+                report.set_aside_logs.push(e.path());
+            }
+        }
+        report.set_aside_logs.sort();
         Ok(report)
     }
 
