@@ -19,7 +19,10 @@ fn the_readmes_two_commands_are_executable_scripts() {
         .collect();
     assert_eq!(commands, ["scripts/demo.sh", "scripts/test.sh"], "{block}");
     for c in commands {
-        let mode = std::fs::metadata(root.join(c)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(root.join(c))
+            .unwrap()
+            .permissions()
+            .mode();
         assert!(mode & 0o111 != 0, "{c} is not executable (mode {mode:o})");
         let text = std::fs::read_to_string(root.join(c)).unwrap();
         assert!(text.starts_with("#!"), "{c} has no #! line");

@@ -289,22 +289,9 @@ fn get(
                 .with_context(|| format!("opening {}", file.display()))
                 .and_then(|mut f| copy_to(&mut f))
         }
-        Some(file) => {
-            // Written beside the target and renamed on success: a failed get leaves no file.
-            let tmp = file.with_extension(format!("spacectl-partial-{}", std::process::id()));
-            let r = (|| -> Result<()> {
-                let mut f = std::fs::File::create(&tmp)
-                    .with_context(|| format!("creating {}", tmp.display()))?;
-                copy_to(&mut f)?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, file)
-                    .with_context(|| format!("renaming to {}", file.display()))
-            })();
-            if r.is_err() {
-                let _ = std::fs::remove_file(&tmp);
-            }
-            r
-        }
+        // Written to an unnamed file and renamed over the target once whole: a get that
+        // fails or is killed leaves the target as it was and nothing beside it.
+        Some(file) => super::atomic_file::write_replacing(file, |f| copy_to(f)),
     };
     if let Some(pb) = &pb {
         pb.finish_and_clear();

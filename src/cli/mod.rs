@@ -1,6 +1,7 @@
 //! `spacectl`: the management CLI. Parses arguments, opens the store, calls [`Space`], and
 //! turns errors into messages with context and stable exit codes (docs/CLI.md).
 
+mod atomic_file;
 mod commands;
 mod output;
 mod wasm_commands;
