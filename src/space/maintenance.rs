@@ -103,16 +103,9 @@ impl Space {
         {
             report.dead_pack_bytes += size.saturating_sub(usage.get(&pack).copied().unwrap_or(0));
         }
-        let set_aside = format!("{}-redo.failed-", crate::store::META_FILE);
-        for e in std::fs::read_dir(&self.store.dir)
-            .map_err(|e| SpaceError::io("listing the store directory", e))?
-        {
-            let e = e.map_err(|e| SpaceError::io("listing the store directory", e))?;
-            if e.file_name().to_string_lossy().starts_with(&set_aside) {
-                report.set_aside_logs.push(e.path());
-            }
-        }
-        report.set_aside_logs.sort();
+        report.set_aside_logs =
+            crate::store::set_aside_redo_logs(&self.store.dir.join(crate::store::META_FILE))
+                .map_err(|e| SpaceError::io("listing the store directory", e))?;
         Ok(report)
     }
 

@@ -18,6 +18,7 @@ pub use config::StoreConfig;
 pub use local::LocalBackend;
 pub use lock::{LockMode, StoreLock};
 pub use meta::MetaStore;
+pub use redo::set_aside_copies as set_aside_redo_logs;
 pub use sqlite::SqliteMeta;
 
 use crate::crypto::{self, DataKeys, KdfParams, KeyFileError, MasterKey};

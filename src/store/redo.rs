@@ -93,9 +93,7 @@ pub struct Scan {
 impl RedoLog {
     /// Opens (creating) the log beside the database at `db`.
     pub fn open(db: &Path) -> io::Result<RedoLog> {
-        let mut p = db.as_os_str().to_owned();
-        p.push("-redo");
-        let path = PathBuf::from(p);
+        let path = suffixed(db, "-redo");
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -267,6 +265,41 @@ fn torn(rest: &[u8]) -> bool {
         .map(|l| FRAME as u64 + u32::from_le_bytes(l.try_into().expect("4 bytes")) as u64)
         .is_none_or(|end| end >= rest.len() as u64);
     reaches_end || rest.iter().all(|b| *b == 0)
+}
+
+/// `path` with `suffix` added to its file name.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Where a copy of the log is set aside before records are given up (docs/FORMAT.md 5.3).
+pub fn set_aside_path(log: &Path, ns: i64) -> PathBuf {
+    suffixed(log, &format!(".failed-{ns}"))
+}
+
+/// The copies of the log of the database at `db` set aside so far, sorted.
+pub fn set_aside_copies(db: &Path) -> io::Result<Vec<PathBuf>> {
+    let prefix = suffixed(db, "-redo.failed-");
+    let prefix = prefix
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let dir = match db.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            found.push(e.path());
+        }
+    }
+    found.sort();
+    Ok(found)
 }
 
 /// A record body framed: its length, the start of its checksum, the body.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::ChunkId;
 use super::meta::*;
-use super::redo::{RedoLog, RedoOp, RedoRecord, Tail};
+use super::redo::{RedoLog, RedoOp, RedoRecord, Tail, set_aside_path};
 use crate::error::{Result, SpaceError};
 use crate::util::lock;
 
@@ -193,12 +193,7 @@ impl SqliteMeta {
             .optional()
             .unwrap_or(None);
         if let Some(v) = found.filter(|v| *v != "1" && *v != SCHEMA_VERSION.to_string()) {
-            return Err(SpaceError::BadStore {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
-                ),
-            });
+            return Err(unsupported_schema(path, &v));
         }
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
@@ -239,12 +234,7 @@ impl SqliteMeta {
                 Some(v) if v == "1" => {
                     exec(tx, "UPDATE meta SET value=?1 WHERE key='schema_version'", [SCHEMA_VERSION.to_string()])?;
                 }
-                Some(v) => {
-                    return Err(SpaceError::BadStore {
-                        path: path.to_path_buf(),
-                        reason: format!("metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"),
-                    })
-                }
+                Some(v) => return Err(unsupported_schema(path, &v)),
             }
             Ok(())
         })?;
@@ -488,6 +478,14 @@ impl SqliteMeta {
         }
     }
 
+    /// An empty transaction: its begin() re-applies records left in the log (committing them
+    /// as this connection commits, and marking them for the next sync) and empties the log
+    /// of older ones.
+    fn settle_log(&self, c: &Connection) -> Result<()> {
+        self.begin(c)?;
+        Ok(run(c, "COMMIT")?)
+    }
+
     /// Empties a log of older records (see [`SqliteMeta::begin`]). If that fails, the log
     /// takes no more records (appends fail) until it is emptied: a new record behind old
     /// ones could be hidden by damage among them, and the one-generation rule would break.
@@ -506,10 +504,9 @@ impl SqliteMeta {
         if c.is_autocommit() {
             *lock(&self.deferred) = None;
             if self.needs_replay.load(Ordering::Relaxed) {
-                // begin() re-applies and commits them (durably or not, as this connection
-                // commits), then holds an empty transaction.
-                self.begin(c)?;
-                run(c, "COMMIT")?;
+                self.settle_log(c)?;
+                // Also when another process re-applied the group first, relaxed: this sync
+                // must flush the log it committed to.
                 self.unsynced.store(true, Ordering::Relaxed);
             }
             return Ok(());
@@ -542,9 +539,7 @@ impl SqliteMeta {
 /// Keeps a copy of the redo log beside it (`meta.db-redo.failed-<ns>`) before records are
 /// given up; if no copy can be made, nothing is given up.
 fn keep_copy(redo: &RedoLog, why: &str) -> Result<()> {
-    let mut kept = redo.path().as_os_str().to_owned();
-    kept.push(format!(".failed-{}", now_ns()));
-    let kept = PathBuf::from(kept);
+    let kept = set_aside_path(redo.path(), now_ns());
     std::fs::copy(redo.path(), &kept)
         .and_then(|_| std::fs::File::open(&kept)?.sync_all())
         .map_err(|e| {
@@ -563,6 +558,15 @@ fn keep_copy(redo: &RedoLog, why: &str) -> Result<()> {
         kept.display()
     );
     Ok(())
+}
+
+fn unsupported_schema(path: &Path, v: &str) -> SpaceError {
+    SpaceError::BadStore {
+        path: path.to_path_buf(),
+        reason: format!(
+            "metadata schema version {v} is not supported (this build reads {SCHEMA_VERSION})"
+        ),
+    }
 }
 
 /// The generation of the committed state (`meta.redo_gen`): records carry the one they were
@@ -711,8 +715,7 @@ impl Drop for SqliteMeta {
         // Leave no records behind a clean close (they would only be found stale by the next
         // writer): an empty transaction empties the log of this connection's records.
         if lock(&self.redo).dirty() {
-            let emptied = self.begin(&c).and_then(|()| Ok(run(&c, "COMMIT")?));
-            if let Err(e) = emptied {
+            if let Err(e) = self.settle_log(&c) {
                 log::warn!("emptying the metadata redo log at close failed: {e}");
             }
         }
