@@ -141,6 +141,26 @@ impl DataKeys {
             .map_err(|_| AuthError)
     }
 
+    /// Authenticates and decrypts `buf[src..]` (ciphertext ‖ tag), writing the plaintext to
+    /// the front of `buf` in the same pass (no separate move); returns its length.
+    pub fn open_within(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        aad: &[u8],
+        buf: &mut [u8],
+        src: usize,
+    ) -> Result<usize, AuthError> {
+        self.aead
+            .open_within(
+                Nonce::assume_unique_for_key(*nonce),
+                Aad::from(aad),
+                buf,
+                src..,
+            )
+            .map(|p| p.len())
+            .map_err(|_| AuthError)
+    }
+
     /// Authenticates and decrypts `buf` (ciphertext ‖ tag) in place, dropping the tag.
     pub fn open(
         &self,

@@ -280,7 +280,7 @@ impl Segments {
     }
 
     /// Authenticates and decrypts `segments`, whose sealed bytes start at `buf[at..]`, in
-    /// place, moving each plaintext down over the bytes (tags, header) before it; `buf` ends
+    /// place, each plaintext written down over the bytes (tags, header) before it; `buf` ends
     /// up holding exactly their plaintext. `aad` is the object's header ‖ chunk id.
     fn open(
         &self,
@@ -303,10 +303,15 @@ impl Segments {
             seg_aad.clear();
             seg_aad.extend_from_slice(aad);
             self.extend_aad(&mut seg_aad, i);
+            // Decrypted straight to where the plaintext goes: one pass, no move after.
             let n = keys
-                .open_in_place(&segment_nonce(nonce, i), &seg_aad, &mut buf[s..e])
+                .open_within(
+                    &segment_nonce(nonce, i),
+                    &seg_aad,
+                    &mut buf[plain_len..e],
+                    s - plain_len,
+                )
                 .map_err(|_| DecodeError::Auth)?;
-            buf.copy_within(s..s + n, plain_len);
             plain_len += n;
         }
         buf.truncate(plain_len);
