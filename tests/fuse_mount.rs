@@ -265,6 +265,53 @@ fn spacectl_changes_show_up_within_the_attribute_timeout() {
     drop(d);
 }
 
+/// New files take the policy of their nearest directory that has one, however it changed:
+/// through the mount (setfattr, mv of a directory: at once) or with spacectl (within the
+/// attribute timeout, which bounds how long the mount remembers what a directory passes on).
+#[test]
+fn new_files_inherit_the_current_directory_policy() {
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "attr_timeout=0.5") else {
+        return;
+    };
+    let m = s.mnt.display().to_string();
+    let policy_of = |p: &str| {
+        sh_out(&format!(
+            "getfattr -n user.space.policy --only-values {m}/{p} 2>/dev/null || true"
+        ))
+    };
+    sh(&format!(
+        "mkdir -p {m}/top/mid/leaf {m}/other && echo 1 > {m}/top/mid/leaf/a"
+    ));
+    assert!(!policy_of("top/mid/leaf/a").contains("dedup: false"));
+    // A policy set on an ancestor through the mount reaches the next file at once.
+    sh(&format!(
+        "setfattr -n user.space.policy -v 'dedup: false' {m}/top && echo 2 > {m}/top/mid/leaf/b"
+    ));
+    assert!(policy_of("top/mid/leaf/b").contains("dedup: false"));
+    // A directory moved out from under it inherits from its new ancestors at once.
+    sh(&format!(
+        "mv {m}/top/mid {m}/other/mid && echo 3 > {m}/other/mid/leaf/c"
+    ));
+    assert!(!policy_of("other/mid/leaf/c").contains("dedup: false"));
+    // A policy set with spacectl shows within the attribute timeout.
+    let yaml = s.tmp.path().join("p.yaml");
+    write(&yaml, b"compression:\n  algorithm: none\n");
+    let o = spacectl(
+        &s.store,
+        &["policy", "set", "/other", yaml.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::thread::sleep(Duration::from_millis(700));
+    sh(&format!("echo 4 > {m}/other/mid/leaf/d"));
+    assert!(
+        policy_of("other/mid/leaf/d").contains("none"),
+        "{}",
+        policy_of("other/mid/leaf/d")
+    );
+    drop(d);
+}
+
 /// A created file's commit waits to be shared with its content, but never long: `spacectl`
 /// sees a file still open (nothing written) within the deferral limit, and a directory at once.
 #[test]

@@ -178,7 +178,17 @@ pub struct SpaceFs {
     /// — are answered without a metadata query. A `security.*` attribute set by another
     /// mount of the same store shows up here at the next mount.
     pub(crate) security_xattrs: std::sync::atomic::AtomicBool,
+    /// The policy new files in a directory inherit, by directory, with when it was looked
+    /// up: a burst of creates in one directory walks up to the nearest policy once per
+    /// attribute timeout instead of once per file (a recursive query, 4% of a small file's
+    /// create). Policy changes, renames and removals made through this mount clear it;
+    /// changes made by other processes (spacectl) show within the attribute timeout, as
+    /// their other changes do.
+    inherited_policies: Mutex<HashMap<Ino, (Option<String>, std::time::Instant)>>,
 }
+
+/// Entries of [`SpaceFs::inherited_policies`] before it is started afresh.
+const INHERITED_POLICIES: usize = 4096;
 
 impl SpaceFs {
     /// Wraps `space` (with its transform runtime, if any) for mounting. Purges orphans left by
@@ -219,7 +229,35 @@ impl SpaceFs {
             chains: Mutex::new(HashMap::new()),
             spill_dir,
             security_xattrs: std::sync::atomic::AtomicBool::new(security_xattrs),
+            inherited_policies: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The policy a new capsule in directory `dir` inherits (see
+    /// [`SpaceFs::inherited_policies`]).
+    pub(crate) fn inherited_policy(&self, dir: &Node) -> crate::Result<Option<String>> {
+        if dir.policy.is_some() || self.opts.ttl.is_zero() {
+            return self.space.inherited_policy(dir);
+        }
+        if let Some((policy, at)) = lock(&self.inherited_policies).get(&dir.ino) {
+            if at.elapsed() < self.opts.ttl {
+                return Ok(policy.clone());
+            }
+        }
+        let at = std::time::Instant::now();
+        let policy = self.space.inherited_policy(dir)?;
+        let mut cache = lock(&self.inherited_policies);
+        if cache.len() >= INHERITED_POLICIES {
+            cache.clear();
+        }
+        cache.insert(dir.ino, (policy.clone(), at));
+        Ok(policy)
+    }
+
+    /// Forgets every cached inherited policy (a policy changed, or a directory moved or went
+    /// away).
+    pub(crate) fn forget_inherited_policies(&self) {
+        lock(&self.inherited_policies).clear();
     }
 
     pub(crate) fn chains(&self, node: &Node) -> Chains {

@@ -246,7 +246,7 @@ impl SpaceFs {
         caller: Caller,
     ) -> FsResult<Node> {
         self.create_node(parent, name, NodeKind::File, mode, caller, |p, new| {
-            new.policy = self.space.inherited_policy(p).map_err(errno)?;
+            new.policy = self.inherited_policy(p).map_err(errno)?;
             Ok(())
         })
     }
@@ -354,7 +354,9 @@ impl SpaceFs {
         if name == b"." {
             return Err(libc::EINVAL);
         }
-        self.space.store.meta.rmdir(p.ino, name).map_err(errno)
+        self.space.store.meta.rmdir(p.ino, name).map_err(errno)?;
+        self.forget_inherited_policies();
+        Ok(())
     }
 
     /// POSIX rename; `no_replace` is RENAME_NOREPLACE. RENAME_EXCHANGE is not supported.
@@ -393,6 +395,8 @@ impl SpaceFs {
                 lock(&o.state).orphan = true;
             }
         }
+        // A directory moved elsewhere inherits from its new ancestors.
+        self.forget_inherited_policies();
         Ok(())
     }
 

@@ -124,6 +124,7 @@ impl SpaceFs {
                     .meta
                     .set_policy(i, Some(&policy.to_yaml()))
                     .map_err(errno)?;
+                self.forget_inherited_policies();
                 Ok(())
             }
             _ => {
@@ -200,6 +201,7 @@ impl SpaceFs {
                     return Err(libc::ENODATA);
                 }
                 self.space.store.meta.set_policy(i, None).map_err(errno)?;
+                self.forget_inherited_policies();
                 Ok(())
             }
             _ => {
