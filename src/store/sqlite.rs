@@ -91,7 +91,14 @@ CREATE TABLE IF NOT EXISTS xattrs (
 ) WITHOUT ROWID;
 "#;
 
-const NODE_COLS: &str = "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev";
+/// The columns `node_from_row` reads, as a macro so that hot queries are `concat!`ed at
+/// compile time (a `format!` per query was a tenth of a node read).
+macro_rules! node_cols {
+    () => {
+        "ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev"
+    };
+}
+const NODE_COLS: &str = node_cols!();
 
 pub struct SqliteMeta {
     conn: Mutex<Connection>,
@@ -758,7 +765,7 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
 fn get_node(c: &Connection, ino: Ino) -> Result<Option<Node>> {
     Ok(row(
         c,
-        &format!("SELECT {NODE_COLS} FROM nodes WHERE ino=?1"),
+        concat!("SELECT ", node_cols!(), " FROM nodes WHERE ino=?1"),
         [ino as i64],
         node_from_row,
     )
@@ -770,8 +777,13 @@ fn must_node(c: &Connection, ino: Ino) -> Result<Node> {
 }
 
 fn lookup(c: &Connection, parent: Ino, name: &[u8]) -> Result<Option<Node>> {
-    Ok(row(c,
-        &format!("SELECT {NODE_COLS} FROM nodes WHERE ino=(SELECT ino FROM dentries WHERE parent=?1 AND name=?2)"),
+    Ok(row(
+        c,
+        concat!(
+            "SELECT ",
+            node_cols!(),
+            " FROM nodes WHERE ino=(SELECT ino FROM dentries WHERE parent=?1 AND name=?2)"
+        ),
         params![parent as i64, name],
         node_from_row,
     )
@@ -1207,7 +1219,7 @@ impl MetaStore for SqliteMeta {
         self.read(|c| {
             Ok(row(
                 c,
-                &format!("SELECT {NODE_COLS} FROM nodes WHERE uuid=?1"),
+                concat!("SELECT ", node_cols!(), " FROM nodes WHERE uuid=?1"),
                 [uuid.as_bytes().to_vec()],
                 node_from_row,
             )
