@@ -242,7 +242,7 @@ impl ChunkCache {
             if cache.contains(&id) {
                 return;
             }
-            match load_chunk_at(&store, &id, known, &|| context(&store)) {
+            match load_chunk_in_order(&store, &id, known, &|| context(&store)) {
                 Ok(d) => cache.insert(id, Arc::new(d)),
                 Err(e) => log::debug!("read-ahead of chunk {id} failed: {e}"),
             }
@@ -291,7 +291,7 @@ pub fn load_chunk_recomputing_id(
     id: &ChunkId,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    load_chunk_checked(store, id, None, IdCheck::Always, context)
+    load_chunk_checked(store, id, None, IdCheck::Always, Access::Random, context)
 }
 
 /// How this store's readers check chunk ids (docs/FORMAT.md 4.2).
@@ -311,7 +311,26 @@ pub fn load_chunk_at(
     known: Option<ChunkLocation>,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
-    load_chunk_checked(store, id, known, id_check(store), context)
+    load_chunk_checked(store, id, known, id_check(store), Access::Random, context)
+}
+
+/// [`load_chunk_at`] for a reader going through a capsule's chunks in order (read-ahead of a
+/// sequential reader, whole-capsule streams): the backend may read ahead of it
+/// ([`crate::store::ChunkBackend::get_sequential`]).
+pub fn load_chunk_in_order(
+    store: &Store,
+    id: &ChunkId,
+    known: Option<ChunkLocation>,
+    context: &dyn Fn() -> String,
+) -> Result<Vec<u8>> {
+    load_chunk_checked(store, id, known, id_check(store), Access::InOrder, context)
+}
+
+/// How a chunk's object is read from the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Random,
+    InOrder,
 }
 
 fn load_chunk_checked(
@@ -319,8 +338,13 @@ fn load_chunk_checked(
     id: &ChunkId,
     known: Option<ChunkLocation>,
     check: IdCheck,
+    access: Access,
     context: &dyn Fn() -> String,
 ) -> Result<Vec<u8>> {
+    let get = |loc, len| match access {
+        Access::Random => store.chunks.get(id, loc, len),
+        Access::InOrder => store.chunks.get_sequential(id, loc, len),
+    };
     let fetch = |located: Option<ChunkLocation>| -> std::io::Result<ObjectBytes> {
         match located {
             Some(ChunkLocation {
@@ -329,9 +353,9 @@ fn load_chunk_checked(
             }) => Ok(object.into()),
             Some(ChunkLocation {
                 loc, stored_len, ..
-            }) => store.chunks.get(id, loc, stored_len),
+            }) => get(loc, stored_len),
             // No row: a loose object stored ahead of its commit (format 1), or nothing.
-            None => store.chunks.get(id, None, 0),
+            None => get(None, 0),
         }
     };
     let lookup = || -> std::io::Result<ObjectBytes> {
@@ -872,7 +896,7 @@ pub fn stream_extents(
                     let job = job_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok((seq, e, located)) = job else { return };
                     let context = || format!("{name}, chunk {seq} at offset {}", e.offset);
-                    let r = load_chunk_at(store, &e.chunk, located, &context);
+                    let r = load_chunk_in_order(store, &e.chunk, located, &context);
                     if done_tx.send((seq, r)).is_err() {
                         return;
                     }

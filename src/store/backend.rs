@@ -37,6 +37,17 @@ pub trait ChunkBackend: Send + Sync {
     }
     /// Reads an object of `len` bytes: at `loc` if packed, else by id.
     fn get(&self, id: &ChunkId, loc: Option<PackLoc>, len: u32) -> std::io::Result<ObjectBytes>;
+    /// [`ChunkBackend::get`] for a reader that goes through a capsule's objects in order (a
+    /// sequential reader's read-ahead, a whole-capsule stream): the backend may read ahead of
+    /// it. The default is `get`.
+    fn get_sequential(
+        &self,
+        id: &ChunkId,
+        loc: Option<PackLoc>,
+        len: u32,
+    ) -> std::io::Result<ObjectBytes> {
+        self.get(id, loc, len)
+    }
     /// Reads bytes `range` of an object of `len` bytes (for partial reads of segmented
     /// objects). The default reads the whole object.
     fn get_range(
