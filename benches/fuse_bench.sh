@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # spacefs vs gocryptfs, side by side on the same disk (not a timed test; run by hand as root):
-#   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096 ROUNDS=3)
+#   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096 ROUNDS=4)
 # Measures: sequential write and read of SIZE_MIB of incompressible data, random 4 KiB reads,
 # create + read of SMALL_FILES small files, identity on-read chain vs no chain (needs a WASM
 # runtime in spacefs and IDENTITY_WASM=/abs/identity.wasm), and daemon RSS while streaming a
@@ -14,7 +14,7 @@ SIZE_MIB="${SIZE_MIB:-1024}"
 SMALL_FILES="${SMALL_FILES:-10000}"
 BIG_MIB="${BIG_MIB:-4096}"
 RANDOM_READS="${RANDOM_READS:-20000}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-4}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root (drops caches, mounts)" >&2; exit 1; }
@@ -57,9 +57,13 @@ mibps() { python3 -c "print(f'{$1/($3-$2):.1f}')"; }
 head -c "$((SIZE_MIB << 20))" /dev/urandom > "$WORK/src.bin"
 declare -A R
 # Rounds alternate the two file systems, so a slow spell of this VM's disk or CPU hits both;
-# the table shows medians and each round's ratio.
+# the table shows medians and each round's ratio. Which one goes first alternates too (space
+# first in odd rounds, gocryptfs in even ones): in interleaved cold-read experiments on this
+# VM a read's speed depended by 20-30% on its place in the sequence (docs/BENCHMARKS.md), so
+# a fixed order can favour one side. Use an even ROUNDS for a balanced order.
 for r in $(seq "$ROUNDS"); do
-for fs in space gocrypt; do
+order="space gocrypt"; [ $((r % 2)) -eq 0 ] && order="gocrypt space"
+for fs in $order; do
     case " $ONLY " in *" $fs "*) ;; *) for k in seqw seqr rand small smallc smallr; do R[$fs.$k.$r]=1; done; continue ;; esac
     M="$WORK/$fs.mnt"
     rm -rf "$M/big.bin" "$M/small"
