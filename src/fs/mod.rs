@@ -184,7 +184,16 @@ pub struct SpaceFs {
     /// create). Policy changes, renames and removals made through this mount clear it;
     /// changes made by other processes (spacectl) show within the attribute timeout, as
     /// their other changes do.
-    inherited_policies: Mutex<HashMap<Ino, (Option<String>, std::time::Instant)>>,
+    inherited_policies: Mutex<InheritedPolicies>,
+}
+
+/// See [`SpaceFs::inherited_policies`].
+#[derive(Default)]
+struct InheritedPolicies {
+    by_dir: HashMap<Ino, (Option<String>, std::time::Instant)>,
+    /// Bumped by every clearing, so a lookup that raced with one does not store what it
+    /// found before the change.
+    generation: u64,
 }
 
 /// Entries of [`SpaceFs::inherited_policies`] before it is started afresh.
@@ -229,7 +238,7 @@ impl SpaceFs {
             chains: Mutex::new(HashMap::new()),
             spill_dir,
             security_xattrs: std::sync::atomic::AtomicBool::new(security_xattrs),
-            inherited_policies: Mutex::new(HashMap::new()),
+            inherited_policies: Mutex::default(),
         })
     }
 
@@ -239,25 +248,33 @@ impl SpaceFs {
         if dir.policy.is_some() || self.opts.ttl.is_zero() {
             return self.space.inherited_policy(dir);
         }
-        if let Some((policy, at)) = lock(&self.inherited_policies).get(&dir.ino) {
-            if at.elapsed() < self.opts.ttl {
-                return Ok(policy.clone());
+        let generation = {
+            let cache = lock(&self.inherited_policies);
+            if let Some((policy, at)) = cache.by_dir.get(&dir.ino) {
+                if at.elapsed() < self.opts.ttl {
+                    return Ok(policy.clone());
+                }
             }
-        }
+            cache.generation
+        };
         let at = std::time::Instant::now();
         let policy = self.space.inherited_policy(dir)?;
         let mut cache = lock(&self.inherited_policies);
-        if cache.len() >= INHERITED_POLICIES {
-            cache.clear();
+        if cache.generation == generation {
+            if cache.by_dir.len() >= INHERITED_POLICIES {
+                cache.by_dir.clear();
+            }
+            cache.by_dir.insert(dir.ino, (policy.clone(), at));
         }
-        cache.insert(dir.ino, (policy.clone(), at));
         Ok(policy)
     }
 
     /// Forgets every cached inherited policy (a policy changed, or a directory moved or went
     /// away).
     pub(crate) fn forget_inherited_policies(&self) {
-        lock(&self.inherited_policies).clear();
+        let mut cache = lock(&self.inherited_policies);
+        cache.by_dir.clear();
+        cache.generation += 1;
     }
 
     pub(crate) fn chains(&self, node: &Node) -> Chains {

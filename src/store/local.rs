@@ -753,7 +753,9 @@ mod tests {
         let pack_len = fs::metadata(&pack).unwrap().len();
         evict(&pack);
         for (id, loc, bytes) in &objects {
-            let got = b.get_sequential(id, Some(*loc), bytes.len() as u32).unwrap();
+            let got = b
+                .get_sequential(id, Some(*loc), bytes.len() as u32)
+                .unwrap();
             assert_eq!(&got[..], &bytes[..], "object {id}");
         }
         // What the stream passed is dropped from the page cache, but for the last lag.
