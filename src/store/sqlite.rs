@@ -824,33 +824,56 @@ fn touch_dir(tx: &Connection, dir: Ino, t: TimeNs) -> Result<()> {
 }
 
 /// Inserts a node; `ino` None takes the next free number (replayed records give theirs).
+/// Inserts node `new` (with inode number `ino`, or the next free one) and returns it as
+/// written, so callers need not read it back.
 fn insert_node(
     tx: &Connection,
     new: &NewNode,
     t: TimeNs,
     ino: Option<Ino>,
     uuid: Uuid,
-) -> Result<Ino> {
-    let (nlink, rdev) = (new_nlink(new.kind), new_rdev(new));
+) -> Result<Node> {
+    let mut node = Node {
+        ino: 0,
+        uuid,
+        kind: new.kind,
+        mode: new.mode & 0o7777,
+        uid: new.uid,
+        gid: new.gid,
+        size: new.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
+        atime: t,
+        mtime: t,
+        ctime: t,
+        nlink: if new.kind == NodeKind::Dir { 2 } else { 1 },
+        version: 0,
+        policy: new.policy.clone(),
+        target: new.target.clone(),
+        rdev: match new.kind {
+            NodeKind::CharDevice | NodeKind::BlockDevice => new.rdev,
+            _ => 0,
+        },
+    };
     exec(tx,
         "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev, ino)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, 0, ?9, ?10, ?11, ?12)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         params![
-            uuid.as_bytes().to_vec(),
-            new.kind as i64,
-            new.mode & 0o7777,
-            new.uid,
-            new.gid,
-            new.target.as_ref().map(|t| t.len() as i64).unwrap_or(0),
+            node.uuid.as_bytes().to_vec(),
+            node.kind as i64,
+            node.mode,
+            node.uid,
+            node.gid,
+            node.size as i64,
             t,
-            nlink,
-            new.policy,
-            new.target,
-            rdev as i64,
+            node.nlink,
+            node.version as i64,
+            node.policy,
+            node.target,
+            node.rdev as i64,
             ino.map(|i| i as i64)
         ],
     )?;
-    Ok(tx.last_insert_rowid() as u64)
+    node.ino = tx.last_insert_rowid() as u64;
+    Ok(node)
 }
 
 /// Drops a node's chunk references (its content is going away or being replaced).
@@ -955,11 +978,11 @@ fn create_node(
     if lookup(tx, parent, name)?.is_some() {
         return Err(SpaceError::AlreadyExists(display_name(name)));
     }
-    let ino = insert_node(tx, new, t, ino, uuid)?;
+    let node = insert_node(tx, new, t, ino, uuid)?;
     exec(
         tx,
         "INSERT INTO dentries VALUES (?1, ?2, ?3)",
-        params![parent as i64, name, ino as i64],
+        params![parent as i64, name, node.ino as i64],
     )?;
     if new.kind == NodeKind::Dir {
         exec(
@@ -969,35 +992,7 @@ fn create_node(
         )?;
     }
     touch_dir(tx, parent, t)?;
-    // The node as insert_node wrote it (no query to read it back).
-    Ok(Node {
-        ino,
-        uuid,
-        kind: new.kind,
-        mode: new.mode & 0o7777,
-        uid: new.uid,
-        gid: new.gid,
-        size: new.target.as_ref().map(|t| t.len() as u64).unwrap_or(0),
-        atime: t,
-        mtime: t,
-        ctime: t,
-        nlink: new_nlink(new.kind),
-        version: 0,
-        policy: new.policy.clone(),
-        target: new.target.clone(),
-        rdev: new_rdev(new),
-    })
-}
-
-fn new_nlink(kind: NodeKind) -> u32 {
-    if kind == NodeKind::Dir { 2 } else { 1 }
-}
-
-fn new_rdev(new: &NewNode) -> u64 {
-    match new.kind {
-        NodeKind::CharDevice | NodeKind::BlockDevice => new.rdev,
-        _ => 0,
-    }
+    Ok(node)
 }
 
 /// Replaces the content of file `ino` (the body of [`MetaStore::commit_content`], shared with
@@ -1321,13 +1316,13 @@ impl MetaStore for SqliteMeta {
                     display_name(name)
                 ))),
                 None => {
-                    let ino = insert_node(tx, &new, t, None, Uuid::new_v4())?;
+                    let node = insert_node(tx, &new, t, None, Uuid::new_v4())?;
                     exec(
                         tx,
                         "INSERT INTO dentries VALUES (?1, ?2, ?3)",
-                        params![parent as i64, name, ino as i64],
+                        params![parent as i64, name, node.ino as i64],
                     )?;
-                    let n = set_content(tx, &must_node(tx, ino)?, content, t)?;
+                    let n = set_content(tx, &node, content, t)?;
                     touch_dir(tx, parent, t)?;
                     Ok((n, false))
                 }
