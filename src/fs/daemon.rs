@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +20,11 @@ use crate::store::Unlock;
 
 /// Default number of request threads.
 const THREADS: usize = 8;
+
+/// How many session threads serve requests.
+fn session_threads(opts: &MountOptions) -> usize {
+    opts.threads.unwrap_or(THREADS)
+}
 
 /// fuser's session configuration for `opts`.
 pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
@@ -81,7 +86,7 @@ pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
     } else {
         SessionACL::Owner
     };
-    c.n_threads = Some(opts.threads.unwrap_or(THREADS));
+    c.n_threads = Some(session_threads(opts));
     c.clone_fd = true;
     c
 }
@@ -108,7 +113,11 @@ pub fn mount_in_background(
     opts: &MountOptions,
 ) -> std::io::Result<fuser::BackgroundSession> {
     let config = fuser_config(&fs.space.store.dir, opts);
-    fuser::Session::new(FuseAdapter { fs }, mountpoint, &config)?.spawn()
+    let adapter = FuseAdapter::new(fs, session_threads(opts));
+    let governor = adapter.governor();
+    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    governor.watch_queue(session.as_fd());
+    session.spawn()
 }
 
 fn unlock(opts: &MountOptions) -> Result<Unlock, String> {
@@ -269,14 +278,11 @@ fn run(line: CmdLine) -> Result<(), String> {
         let fs =
             Arc::new(SpaceFs::new(space, fs_options(&line.options)).map_err(|e| e.to_string())?);
         let config = fuser_config(&line.store, &line.options);
-        let mut session = fuser::Session::new(
-            FuseAdapter {
-                fs: Arc::clone(&fs),
-            },
-            &mountpoint,
-            &config,
-        )
-        .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+        let adapter = FuseAdapter::new(Arc::clone(&fs), session_threads(&line.options));
+        let governor = adapter.governor();
+        let mut session = fuser::Session::new(adapter, &mountpoint, &config)
+            .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+        governor.watch_queue(session.as_fd());
         spawn_signal_thread(
             Arc::clone(&fs),
             session.unmount_callable(),

@@ -2,7 +2,8 @@
 //!
 //! Each callback converts fuser types to plain ones, calls the operation and turns the result
 //! into a reply. Requests are handled by several session threads (fuser's `n_threads` with
-//! cloned `/dev/fuse` descriptors), so a slow read or commit never blocks the others.
+//! cloned `/dev/fuse` descriptors), so a slow read or commit never blocks the others; the
+//! governor parks the threads a sequential client does not need (governor.rs).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -18,6 +19,7 @@ use fuser::{
 };
 
 use super::file_ops::Opened;
+use super::governor::Governor;
 use super::ops::SetAttrRequest;
 use super::{Attr, Caller, FsResult, Kind, SpaceFs, from_system_time, to_system_time};
 
@@ -26,6 +28,21 @@ const MAX_IO: u32 = 1 << 20;
 
 pub struct FuseAdapter {
     pub fs: Arc<SpaceFs>,
+    /// Parks session threads a sequential client does not need (see [`Governor`]).
+    governor: Arc<Governor>,
+}
+
+impl FuseAdapter {
+    /// The callbacks for `fs`, served by `threads` session threads.
+    pub fn new(fs: Arc<SpaceFs>, threads: usize) -> FuseAdapter {
+        let governor = Governor::start(threads, Arc::clone(&fs.stats));
+        FuseAdapter { fs, governor }
+    }
+
+    /// The governor, to give it the session's descriptor once mounted.
+    pub fn governor(&self) -> Arc<Governor> {
+        Arc::clone(&self.governor)
+    }
 }
 
 fn caller(req: &Request) -> Caller {
@@ -177,15 +194,18 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
+        self.governor.stop();
         self.fs.commit_all();
         log::info!("spacefs: unmounted");
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _busy = self.governor.enter();
         self.entry(self.fs.lookup(parent.0, name.as_bytes()), reply);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _busy = self.governor.enter();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl_for(&a), &file_attr(&a)),
             Err(e) => reply.error(err(e)),
@@ -210,6 +230,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _busy = self.governor.enter();
         let req = SetAttrRequest {
             mode,
             uid,
@@ -225,6 +246,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _busy = self.governor.enter();
         match self.fs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(err(e)),
@@ -241,6 +263,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _busy = self.governor.enter();
         // `_umask`: the kernel applied it to `mode` already (no FUSE_DONT_MASK), as for
         // mkdir and create.
         let r = self.fs.mknod(
@@ -262,6 +285,7 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _busy = self.governor.enter();
         self.entry(
             self.fs.mkdir(parent.0, name.as_bytes(), mode, caller(req)),
             reply,
@@ -269,10 +293,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.unlink(parent.0, name.as_bytes()), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.rmdir(parent.0, name.as_bytes()), reply);
     }
 
@@ -284,6 +310,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _busy = self.governor.enter();
         let r = self.fs.symlink(
             parent.0,
             link_name.as_bytes(),
@@ -303,6 +330,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
             return reply.error(err(libc::EINVAL));
         }
@@ -325,10 +353,12 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _busy = self.governor.enter();
         self.entry(self.fs.link(ino.0, newparent.0, newname.as_bytes()), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _busy = self.governor.enter();
         match self.fs.open(ino.0, flags.0) {
             Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o, flags.0)),
             Err(e) => reply.error(err(e)),
@@ -346,6 +376,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _busy = self.governor.enter();
         // Replies from the reader's buffer (on success the closure consumes the reply).
         let mut reply = Some(reply);
         let sent = self.fs.read_with(fh.0, offset, size, |d| {
@@ -370,6 +401,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _busy = self.governor.enter();
         match self.fs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(err(e)),
@@ -384,6 +416,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.flush(fh.0), reply);
     }
 
@@ -397,6 +430,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.release(fh.0), reply);
     }
 
@@ -408,10 +442,12 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.fsync(fh.0), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _busy = self.governor.enter();
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
@@ -426,6 +462,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _busy = self.governor.enter();
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
@@ -452,6 +489,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _busy = self.governor.enter();
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
@@ -488,6 +526,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -507,6 +546,7 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        let _busy = self.governor.enter();
         reply.error(Errno::ENOTTY);
     }
 
@@ -518,6 +558,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         // Namespace changes are atomic metadata commits; this makes them durable.
         match self.fs.sync_metadata() {
             Ok(()) => reply.ok(),
@@ -526,6 +567,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _busy = self.governor.enter();
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -544,6 +586,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _busy = self.governor.enter();
         let Some(name) = name.to_str() else {
             return reply.error(err(libc::EINVAL));
         };
@@ -551,6 +594,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _busy = self.governor.enter();
         let Some(name) = name.to_str() else {
             return reply.error(err(libc::ENODATA));
         };
@@ -558,10 +602,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _busy = self.governor.enter();
         Self::xattr(self.fs.listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _busy = self.governor.enter();
         let Some(name) = name.to_str() else {
             return reply.error(err(libc::ENODATA));
         };
@@ -569,6 +615,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _busy = self.governor.enter();
         Self::empty(self.fs.access(ino.0, mask.bits(), caller(req)), reply);
     }
 
@@ -582,6 +629,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _busy = self.governor.enter();
         match self
             .fs
             .create(parent.0, name.as_bytes(), mode, flags, caller(req))

@@ -13,6 +13,7 @@
 pub mod daemon;
 pub mod file_ops;
 pub mod fuse;
+pub mod governor;
 pub mod handles;
 pub mod inode_table;
 pub mod ops;

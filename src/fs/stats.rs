@@ -28,6 +28,10 @@ pub struct Stats {
     /// Fuel consumed by modules that run with a fuel limit.
     pub transform_fuel_used: AtomicU64,
     pub spills: AtomicU64,
+    /// Session threads parked by the governor right now (not reading /dev/fuse).
+    pub threads_parked: AtomicU64,
+    /// Times the governor released a parked thread because requests waited unread.
+    pub threads_released: AtomicU64,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -69,6 +73,14 @@ impl Stats {
         line("chunks_committed", g(&self.chunks_committed).to_string());
         line("chunks_reused", g(&self.chunks_reused).to_string());
         line("write_buffer_spills", g(&self.spills).to_string());
+        line(
+            "session_threads_parked",
+            g(&self.threads_parked).to_string(),
+        );
+        line(
+            "session_threads_released",
+            g(&self.threads_released).to_string(),
+        );
         let hits = space.cache.hits.load(Ordering::Relaxed);
         let misses = space.cache.misses.load(Ordering::Relaxed);
         line("cache_hits", hits.to_string());

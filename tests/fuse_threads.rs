@@ -1,0 +1,91 @@
+//! Session threads of a real daemon: a client making one request at a time leaves the spare
+//! threads parked, and a request that takes long (a transform spinning to its deadline) never
+//! holds up other clients: the governor releases a parked thread for them.
+
+mod fuse_common;
+mod wasm_common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use fuse_common::*;
+
+#[test]
+fn a_slow_request_does_not_hold_up_other_clients() {
+    let s = scratch();
+    let spin = s.tmp.path().join("spin.wasm");
+    std::fs::write(
+        &spin,
+        wasm_common::bin(&wasm_common::with_process(
+            "(loop $l (br $l)) (i64.const 0)",
+        )),
+    )
+    .unwrap();
+    let o = spacectl(&s.store, &["module", "add", spin.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    put_with_policy(
+        &s,
+        "/slow",
+        b"some bytes",
+        Some(
+            "transform:\n  - name: spin\n    image: capsule://wasm/spin.wasm\n    \
+             resources:\n      timeout_ms: 3000\n",
+        ),
+    );
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "threads=8") else {
+        return;
+    };
+
+    // One request at a time: all threads but the reader park.
+    let dir = s.mnt.join("seq");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..300 {
+        std::fs::File::create(dir.join(format!("f{i}")))
+            .and_then(|mut f| f.write_all(b"small"))
+            .unwrap();
+    }
+    let parked = stat_value(&s.mnt, "session_threads_parked");
+    assert!(
+        parked >= 5,
+        "{parked} of 8 threads parked after 300 sequential creates"
+    );
+    let released_before = stat_value(&s.mnt, "session_threads_released");
+
+    // A reader stuck in the daemon for 3 s (the module spins until its deadline)...
+    let slow_path = s.mnt.join("slow");
+    let slow = std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let r = std::fs::read(&slow_path);
+        (r, t0.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    // ...while another client creates, reads and lists files without waiting for it.
+    let t0 = Instant::now();
+    let other = s.mnt.join("other");
+    std::fs::create_dir(&other).unwrap();
+    for i in 0..100 {
+        let p = other.join(format!("g{i}"));
+        std::fs::write(&p, format!("file {i}")).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), format!("file {i}").as_bytes());
+    }
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 100);
+    let took = t0.elapsed();
+
+    let (r, slow_took) = slow.join().unwrap();
+    let e = r.expect_err("a module spinning to its deadline fails the read");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert!(
+        slow_took >= Duration::from_millis(2500),
+        "the slow read ended after {slow_took:?}, before the other client finished"
+    );
+    assert!(
+        took < Duration::from_millis(2000),
+        "the other client took {took:?} while a read spun in a transform"
+    );
+    assert!(
+        stat_value(&s.mnt, "session_threads_released") > released_before,
+        "no parked thread was released for the waiting client"
+    );
+    assert!(d.unmount().success());
+}
