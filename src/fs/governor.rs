@@ -155,15 +155,40 @@ impl Governor {
         {
             return;
         }
-        // `reading` still counts this thread: park only if another one reads.
-        if self.reading() >= 2 {
+        if self.reserve_park() {
             self.park();
         }
     }
 
+    /// Counts this thread as parked if another thread reads (`reading` still counts this
+    /// one). A compare-and-swap, so that two threads finishing at once cannot both park
+    /// leaving none to read.
+    fn reserve_park(&self) -> bool {
+        let mut parked = self.parked.load(Ordering::SeqCst);
+        loop {
+            let reading = self
+                .threads
+                .saturating_sub(self.busy.load(Ordering::SeqCst))
+                .saturating_sub(parked);
+            if reading < 2 {
+                return false;
+            }
+            match self.parked.compare_exchange(
+                parked,
+                parked + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(now) => parked = now,
+            }
+        }
+    }
+
+    /// Waits (already counted as parked) for a release, the end of the session, or a pause
+    /// in requests.
     fn park(&self) {
         let mut tokens = lock(&self.tokens);
-        self.parked.fetch_add(1, Ordering::SeqCst);
         self.stats.threads_parked.fetch_add(1, Ordering::Relaxed);
         let mut seen = self.progress.load(Ordering::SeqCst);
         loop {
@@ -411,6 +436,30 @@ mod tests {
             t0.elapsed()
         );
         assert!(sim.g.releases() >= 1);
+        sim.finish();
+    }
+
+    #[test]
+    fn threads_finishing_together_leave_a_reader() {
+        let sim = Sim::start(4);
+        sim.settle();
+        let mut worst = Duration::ZERO;
+        for _ in 0..200 {
+            // Four requests at once: the threads finish together and decide together.
+            let before = sim.done.load(Ordering::SeqCst);
+            for _ in 0..4 {
+                sim.push(Duration::from_micros(200));
+            }
+            sim.wait_done(before + 4);
+            let t0 = Instant::now();
+            sim.push(Duration::ZERO);
+            sim.wait_done(before + 5);
+            worst = worst.max(t0.elapsed());
+        }
+        assert!(
+            worst < PARK_IDLE / 2,
+            "a request waited {worst:?}: every thread had parked"
+        );
         sim.finish();
     }
 
