@@ -9,9 +9,11 @@
 //! them), one thread reads while that keeps up: a thread that finishes a request (its reply
 //! already sent) while another thread is reading parks here instead of going back to read.
 //! While requests are in progress a watchdog polls (never reads) a duplicate of the session's
-//! descriptor every millisecond: when requests wait in the kernel's queue, no thread is reading
-//! and no request entered or completed since the last look (a concurrent client behind a large
-//! commit, a transform, a lock wait), it releases a parked thread, and for a while after that nobody parks, so concurrent clients have every
+//! descriptor every millisecond: when requests wait in the kernel's queue with no thread
+//! reading, and either no request entered or completed since the last look (a concurrent
+//! client behind a large commit, a transform, a lock wait) or the queue stayed that way for
+//! three looks while fewer threads are unparked than there are CPUs (more requests than the
+//! threads keep up with), it releases a parked thread, and for a while after that nobody parks, so concurrent clients have every
 //! thread. Parked threads go back to reading once requests stop for a moment or the
 //! connection ends, so an unmount finds them all.
 
@@ -29,6 +31,9 @@ const TICK: Duration = Duration::from_millis(1);
 /// reading that make a stall (a group commit holds the metadata connection for a millisecond or
 /// two: requests waiting for it are not stalled).
 const STALL_TICKS: u32 = 4;
+/// Consecutive ticks with requests queued and none reading that release a thread even while
+/// requests complete (a backlog one thread does not clear).
+const BACKLOG_TICKS: u32 = 3;
 /// After a stall, threads stop parking for this long (concurrent clients keep every thread).
 const CONCURRENT_SPELL: Duration = Duration::from_millis(200);
 /// A parked thread goes back to reading after this long without requests.
@@ -38,6 +43,8 @@ const WATCHDOG_IDLE: Duration = Duration::from_millis(50);
 
 pub struct Governor {
     threads: usize,
+    /// CPUs this process may run on.
+    cpus: usize,
     /// Threads inside a request callback (not parked).
     busy: AtomicUsize,
     parked: AtomicUsize,
@@ -67,6 +74,7 @@ impl Governor {
     pub fn start(threads: usize, stats: Arc<Stats>) -> Arc<Governor> {
         let g = Arc::new(Governor {
             threads,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             busy: AtomicUsize::new(0),
             parked: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
@@ -259,6 +267,7 @@ impl Governor {
         let mut last = self.progress.load(Ordering::SeqCst);
         let mut idle_since = Instant::now();
         let mut still = 0;
+        let mut backlog = 0;
         while !self.stopped.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
             let now = self.progress.load(Ordering::SeqCst);
@@ -269,12 +278,21 @@ impl Governor {
                     self.stop();
                     return;
                 }
-                // Requests queued, nobody reading them, and nothing entered or completed
-                // for a tick: a concurrent client behind a slow request. (Without the tick a
-                // sequential client's next request, queued behind the previous file's
-                // asynchronous release for some microseconds, would count.)
-                Some(Queue::Waiting) if unread && now == last => self.release_one(),
-                Some(_) => {}
+                // Requests queued and nobody reading them, and either nothing entered or
+                // completed for a tick (a concurrent client behind a slow request) or the
+                // queue stayed so for several ticks (more requests than one thread keeps up
+                // with). A single look is not enough: a sequential client's next request
+                // waits some microseconds behind the previous file's asynchronous release.
+                Some(Queue::Waiting) if unread => {
+                    backlog += 1;
+                    // More threads than CPUs only add switching to a backlog.
+                    let active = self.threads - self.parked.load(Ordering::SeqCst);
+                    if now == last || (backlog >= BACKLOG_TICKS && active < self.cpus) {
+                        backlog = 0;
+                        self.release_one();
+                    }
+                }
+                Some(_) => backlog = 0,
                 // Without the queue to look at: guess from requests not completing.
                 None => {
                     still = if now == last && unread { still + 1 } else { 0 };
@@ -325,37 +343,41 @@ impl Drop for Busy<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, FromRawFd};
 
-    /// Simulated session threads: each takes "requests" (how long they take) from a shared
-    /// queue standing in for /dev/fuse, and handles them under a governor (without a queue
-    /// descriptor to poll, so stalls are judged by progress).
+    /// Simulated session threads reading "requests" (how long each takes, 8 bytes) from a pipe
+    /// standing in for /dev/fuse, handled under a governor that polls the pipe like the
+    /// session's descriptor (or, `watch: false`, judges stalls by progress alone).
     struct Sim {
         g: Arc<Governor>,
-        work: Arc<Mutex<Vec<Duration>>>,
+        queue: Mutex<Option<File>>,
         done: Arc<AtomicUsize>,
         threads: Vec<std::thread::JoinHandle<()>>,
     }
 
     impl Sim {
-        fn start(n: usize) -> Sim {
+        fn start(n: usize, watch: bool) -> Sim {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two descriptors that we then own.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            let (rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
             let g = Governor::start(n, Arc::default());
-            let work: Arc<Mutex<Vec<Duration>>> = Arc::default();
+            if watch {
+                g.watch_queue(rx.as_fd());
+            }
+            let rx = Arc::new(rx);
             let done: Arc<AtomicUsize> = Arc::default();
             let threads = (0..n)
                 .map(|_| {
-                    let (g, work, done) = (Arc::clone(&g), Arc::clone(&work), Arc::clone(&done));
+                    let (g, rx, done) = (Arc::clone(&g), Arc::clone(&rx), Arc::clone(&done));
                     std::thread::spawn(move || {
-                        loop {
-                            let job = lock(&work).pop();
-                            let Some(d) = job else {
-                                if g.stopped.load(Ordering::SeqCst) {
-                                    return;
-                                }
-                                std::thread::sleep(Duration::from_micros(50));
-                                continue;
-                            };
+                        let mut req = [0u8; 8];
+                        // Records are written whole (8 bytes < PIPE_BUF), so a read gets one.
+                        while (&*rx).read_exact(&mut req).is_ok() {
                             let _busy = g.enter();
-                            std::thread::sleep(d);
+                            std::thread::sleep(Duration::from_micros(u64::from_le_bytes(req)));
                             done.fetch_add(1, Ordering::SeqCst);
                         }
                     })
@@ -363,18 +385,27 @@ mod tests {
                 .collect();
             Sim {
                 g,
-                work,
+                queue: Mutex::new(Some(tx)),
                 done,
                 threads,
             }
         }
 
         fn push(&self, d: Duration) {
-            lock(&self.work).push(d);
+            let micros = d.as_micros() as u64;
+            lock(&self.queue)
+                .as_ref()
+                .unwrap()
+                .write_all(&micros.to_le_bytes())
+                .unwrap();
+        }
+
+        fn done(&self) -> usize {
+            self.done.load(Ordering::SeqCst)
         }
 
         fn wait_done(&self, n: usize) {
-            while self.done.load(Ordering::SeqCst) < n {
+            while self.done() < n {
                 std::thread::sleep(Duration::from_micros(20));
             }
         }
@@ -393,7 +424,7 @@ mod tests {
         /// `n` quick requests, one at a time.
         fn sequential(&self, n: usize) {
             for _ in 0..n {
-                let before = self.done.load(Ordering::SeqCst);
+                let before = self.done();
                 self.push(Duration::from_micros(20));
                 self.wait_done(before + 1);
             }
@@ -403,50 +434,92 @@ mod tests {
             self.g.parked.load(Ordering::SeqCst)
         }
 
+        /// Closes the queue (the "unmount"): every thread, parked or not, must end.
         fn finish(self) {
-            self.g.stop();
+            lock(&self.queue).take();
+            let t0 = Instant::now();
             for t in self.threads {
                 t.join().unwrap();
             }
+            assert!(
+                t0.elapsed() < PARK_IDLE * 5,
+                "threads took {:?} to end",
+                t0.elapsed()
+            );
+            self.g.stop();
         }
     }
 
     #[test]
     fn quick_requests_park_all_but_one_reader() {
-        let sim = Sim::start(4);
-        assert_eq!(sim.settle(), 3, "one-at-a-time requests leave one reader");
-        sim.finish();
+        for watch in [true, false] {
+            let sim = Sim::start(4, watch);
+            assert_eq!(sim.settle(), 3, "one-at-a-time requests leave one reader");
+            if watch {
+                // (Judged by progress alone, a thread descheduled for 4 ms is a stall.)
+                assert_eq!(sim.g.releases(), 0, "no release for a sequential client");
+            }
+            sim.finish();
+        }
     }
 
     #[test]
     fn a_slow_request_releases_a_parked_thread() {
-        let sim = Sim::start(4);
+        for watch in [true, false] {
+            let sim = Sim::start(4, watch);
+            assert_eq!(sim.settle(), 3);
+            let done = sim.done();
+            // One request that takes a second, then a quick one behind it: the quick one
+            // must not wait for the slow one.
+            sim.push(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(20));
+            let t0 = Instant::now();
+            sim.push(Duration::from_micros(20));
+            sim.wait_done(done + 1);
+            assert!(
+                t0.elapsed() < Duration::from_millis(500),
+                "the quick request waited {:?} behind the slow one (watch: {watch})",
+                t0.elapsed()
+            );
+            assert!(sim.g.releases() >= 1);
+            sim.wait_done(done + 2);
+            sim.finish();
+        }
+    }
+
+    #[test]
+    fn a_backlog_releases_threads_up_to_the_cpus() {
+        let sim = Sim::start(4, true);
         assert_eq!(sim.settle(), 3);
-        let done = sim.done.load(Ordering::SeqCst);
-        // One request that takes a second, then a quick one behind it: the quick one must
-        // not wait for the slow one.
-        sim.push(Duration::from_secs(1));
-        std::thread::sleep(Duration::from_millis(20));
+        // Requests arrive faster than one thread serves them, and every one completes
+        // promptly (no stall): only the backlog can release threads.
         let t0 = Instant::now();
-        sim.push(Duration::from_micros(20));
-        sim.wait_done(done + 1);
-        assert!(
-            t0.elapsed() < Duration::from_millis(500),
-            "the quick request waited {:?} behind the slow one",
-            t0.elapsed()
-        );
-        assert!(sim.g.releases() >= 1);
+        let mut pushed = 0;
+        while t0.elapsed() < Duration::from_millis(300) {
+            for _ in 0..4 {
+                sim.push(Duration::from_micros(300));
+            }
+            pushed += 4;
+            std::thread::sleep(Duration::from_micros(600));
+        }
+        let released = sim.g.releases();
+        sim.wait_done(pushed);
+        if sim.g.cpus > 1 {
+            assert!(released >= 1, "a backlog released no thread");
+        } else {
+            assert_eq!(released, 0, "one CPU: a backlog releases nobody");
+        }
         sim.finish();
     }
 
     #[test]
     fn threads_finishing_together_leave_a_reader() {
-        let sim = Sim::start(4);
+        let sim = Sim::start(4, true);
         sim.settle();
         let mut worst = Duration::ZERO;
         for _ in 0..200 {
             // Four requests at once: the threads finish together and decide together.
-            let before = sim.done.load(Ordering::SeqCst);
+            let before = sim.done();
             for _ in 0..4 {
                 sim.push(Duration::from_micros(200));
             }
@@ -465,7 +538,7 @@ mod tests {
 
     #[test]
     fn parked_threads_return_to_reading_when_requests_stop() {
-        let sim = Sim::start(3);
+        let sim = Sim::start(3, false);
         assert_eq!(sim.settle(), 2);
         std::thread::sleep(PARK_IDLE * 3);
         assert_eq!(sim.parked(), 0);
