@@ -22,7 +22,7 @@ unless -f. Unmount with `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, or SIG
        passphrase_file=FILE        passphrase of a protected key (else SPACE_PASSPHRASE)
        key_file=FILE               key file instead of the store's own
        attr_timeout=SECONDS        how long the kernel caches attributes (default 1)
-       threads=N                   request threads (default 8)
+       threads=N                   request threads at most (default 8; idle ones park)
        log_file=FILE               where a background daemon logs (default: nowhere)
        fsname=NAME                 source shown in /proc/mounts (default: STORE)
      ignored: auto, noauto, user, users, nouser, owner, group, nofail, _netdev, defaults,
