@@ -448,6 +448,14 @@ pub trait MetaStore: Send + Sync {
     fn set_durable_commits(&self, durable: bool) -> Result<()>;
     /// Makes every earlier commit durable (a no-op if each already was).
     fn sync(&self) -> Result<()>;
+    /// Copies committed changes from the write-ahead log into the database, from a connection
+    /// of its own so that writers go on meanwhile. With relaxed commits this is how the log is
+    /// kept short (a mount calls it periodically); automatic checkpoints, which run inside a
+    /// commit and hold up every request waiting for the connection, only happen if it falls
+    /// far behind.
+    fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
     /// Waits until no other process has a write transaction open (a mount's group of
     /// changes, docs/FORMAT.md 5.3) and re-applies any a dead process left in the redo log, so
     /// that what this connection reads next includes every change whose call has returned.

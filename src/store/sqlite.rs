@@ -23,8 +23,12 @@ use crate::util::lock;
 /// build on a state that lacks its records, so it must refuse the store.
 pub const SCHEMA_VERSION: i64 = 2;
 
-/// Write-ahead log size (pages of 4 KiB) that triggers a checkpoint under relaxed commits.
-const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 16384;
+/// Write-ahead log size (pages of 4 KiB, 128 MiB) that triggers a checkpoint inside a commit
+/// under relaxed commits. A mount's [`MetaStore::checkpoint`] copies the log meanwhile without
+/// holding up writers, so that one finds little left to copy; but only a checkpoint that ends
+/// while no transaction is open lets the log start over, which a mount committing groups back
+/// to back rarely leaves room for, so this one also bounds the log file.
+const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 32768;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,6 +112,9 @@ pub struct SqliteMeta {
     unsynced: AtomicBool,
     /// The write-ahead log (`<db>-wal`), which [`MetaStore::sync`] flushes.
     wal_path: PathBuf,
+    db_path: PathBuf,
+    /// The connection [`MetaStore::checkpoint`] uses (opened on first use).
+    checkpointer: Mutex<Option<Connection>>,
     /// When the open deferred transaction began, if one is open; guarded together with the
     /// connection (taken after it), and waited on by [`MetaStore::commit_deferred_when_due`].
     deferred: Mutex<Option<Instant>>,
@@ -208,6 +215,8 @@ impl SqliteMeta {
             conn: Mutex::new(conn),
             durable: AtomicBool::new(true),
             unsynced: AtomicBool::new(false),
+            db_path: path.to_path_buf(),
+            checkpointer: Mutex::new(None),
             wal_path: {
                 let mut p = path.as_os_str().to_owned();
                 p.push("-wal");
@@ -1595,6 +1604,22 @@ impl MetaStore for SqliteMeta {
         self.commit_open(&c)
     }
 
+    fn checkpoint(&self) -> Result<()> {
+        let mut slot = lock(&self.checkpointer);
+        if slot.is_none() {
+            let c = Connection::open(&self.db_path)?;
+            // A checkpoint syncs the log before copying it and the database after, as the
+            // commits' own (automatic) checkpoints do: the log is only reused once the
+            // database holds its pages durably, which `sync` relies on.
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            *slot = Some(c);
+        }
+        let c = slot.as_ref().expect("opened above");
+        // PASSIVE: copies what no reader still needs, never waits for or blocks a writer.
+        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn barrier(&self) -> Result<()> {
         self.write(|_| Ok(()))
     }
@@ -2737,6 +2762,35 @@ mod tests {
                 .len(),
             0
         );
+    }
+
+    #[test]
+    fn checkpoint_copies_the_log_without_the_writers_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        m.set_durable_commits(false).unwrap();
+        for i in 0..300 {
+            m.create(ROOT_INO, format!("f{i}").as_bytes(), new(NodeKind::File, 0))
+                .unwrap();
+        }
+        m.commit_deferred().unwrap();
+        let db_len = || std::fs::metadata(&path).unwrap().len();
+        let before = db_len();
+        // With the writer's connection held (a request in the middle of a commit), the
+        // checkpoint still copies the committed pages into the database file.
+        let held = lock(&m.conn);
+        m.checkpoint().unwrap();
+        drop(held);
+        assert!(
+            db_len() > before,
+            "the database file did not grow ({before} bytes): nothing was copied"
+        );
+        // Without checkpoints inside commits, relaxed commits leave the log to it.
+        let auto: i64 = lock(&m.conn)
+            .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(auto, WAL_CHECKPOINT_PAGES_RELAXED);
     }
 
     #[test]
