@@ -113,11 +113,21 @@ pub fn mount_in_background(
     opts: &MountOptions,
 ) -> std::io::Result<fuser::BackgroundSession> {
     let config = fuser_config(&fs.space.store.dir, opts);
+    new_session(fs, mountpoint, opts, &config)?.spawn()
+}
+
+/// Mounts `fs` at `mountpoint` and gives the session's governor the request queue to watch.
+fn new_session(
+    fs: Arc<SpaceFs>,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    config: &Config,
+) -> std::io::Result<fuser::Session<FuseAdapter>> {
     let adapter = FuseAdapter::new(fs, session_threads(opts));
     let governor = adapter.governor();
-    let session = fuser::Session::new(adapter, mountpoint, &config)?;
+    let session = fuser::Session::new(adapter, mountpoint, config)?;
     governor.watch_queue(session.as_fd());
-    session.spawn()
+    Ok(session)
 }
 
 fn unlock(opts: &MountOptions) -> Result<Unlock, String> {
@@ -278,11 +288,8 @@ fn run(line: CmdLine) -> Result<(), String> {
         let fs =
             Arc::new(SpaceFs::new(space, fs_options(&line.options)).map_err(|e| e.to_string())?);
         let config = fuser_config(&line.store, &line.options);
-        let adapter = FuseAdapter::new(Arc::clone(&fs), session_threads(&line.options));
-        let governor = adapter.governor();
-        let mut session = fuser::Session::new(adapter, &mountpoint, &config)
+        let mut session = new_session(Arc::clone(&fs), &mountpoint, &line.options, &config)
             .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
-        governor.watch_queue(session.as_fd());
         spawn_signal_thread(
             Arc::clone(&fs),
             session.unmount_callable(),

@@ -13,9 +13,9 @@
 //! reading, and either no request entered or completed since the last look (a concurrent
 //! client behind a large commit, a transform, a lock wait) or the queue stayed that way for
 //! three looks while fewer threads are unparked than there are CPUs (more requests than the
-//! threads keep up with), it releases a parked thread, and for a while after that nobody parks, so concurrent clients have every
-//! thread. Parked threads go back to reading once requests stop for a moment or the
-//! connection ends, so an unmount finds them all.
+//! threads keep up with), it releases a parked thread, and for a while after that nobody
+//! parks, so concurrent clients have every thread. Parked threads go back to reading once
+//! requests stop for a moment or the connection ends, so an unmount finds them all.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,9 +45,9 @@ pub struct Governor {
     threads: usize,
     /// CPUs this process may run on.
     cpus: usize,
-    /// Threads inside a request callback (not parked).
+    /// Threads inside a request callback (not parked). How many are parked is counted in
+    /// `stats.threads_parked`.
     busy: AtomicUsize,
-    parked: AtomicUsize,
     /// Bumped when a request enters and when it completes.
     progress: AtomicU64,
     /// Until when (ms since `start`) nobody parks.
@@ -76,7 +76,6 @@ impl Governor {
             threads,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             busy: AtomicUsize::new(0),
-            parked: AtomicUsize::new(0),
             progress: AtomicU64::new(0),
             concurrent_until: AtomicU64::new(0),
             start: Instant::now(),
@@ -147,11 +146,19 @@ impl Governor {
         self.start.elapsed().as_millis() as u64
     }
 
+    fn parked(&self) -> usize {
+        self.stats.threads_parked.load(Ordering::SeqCst) as usize
+    }
+
     /// Session threads neither busy nor parked: reading, or about to.
     fn reading(&self) -> usize {
+        self.reading_with(self.parked())
+    }
+
+    fn reading_with(&self, parked: usize) -> usize {
         self.threads
             .saturating_sub(self.busy.load(Ordering::SeqCst))
-            .saturating_sub(self.parked.load(Ordering::SeqCst))
+            .saturating_sub(parked)
     }
 
     fn exit(&self) {
@@ -172,23 +179,15 @@ impl Governor {
     /// one). A compare-and-swap, so that two threads finishing at once cannot both park
     /// leaving none to read.
     fn reserve_park(&self) -> bool {
-        let mut parked = self.parked.load(Ordering::SeqCst);
+        let parked = &self.stats.threads_parked;
+        let mut now = parked.load(Ordering::SeqCst);
         loop {
-            let reading = self
-                .threads
-                .saturating_sub(self.busy.load(Ordering::SeqCst))
-                .saturating_sub(parked);
-            if reading < 2 {
+            if self.reading_with(now as usize) < 2 {
                 return false;
             }
-            match self.parked.compare_exchange(
-                parked,
-                parked + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
+            match parked.compare_exchange(now, now + 1, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => return true,
-                Err(now) => parked = now,
+                Err(seen) => now = seen,
             }
         }
     }
@@ -197,7 +196,6 @@ impl Governor {
     /// in requests.
     fn park(&self) {
         let mut tokens = lock(&self.tokens);
-        self.stats.threads_parked.fetch_add(1, Ordering::Relaxed);
         let mut seen = self.progress.load(Ordering::SeqCst);
         loop {
             if *tokens > 0 {
@@ -222,8 +220,7 @@ impl Governor {
                 seen = now;
             }
         }
-        self.parked.fetch_sub(1, Ordering::SeqCst);
-        self.stats.threads_parked.fetch_sub(1, Ordering::Relaxed);
+        self.stats.threads_parked.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn unpark_one(&self) {
@@ -272,7 +269,7 @@ impl Governor {
             std::thread::sleep(TICK);
             let now = self.progress.load(Ordering::SeqCst);
             let busy = self.busy.load(Ordering::SeqCst);
-            let unread = busy > 0 && self.reading() == 0 && self.parked.load(Ordering::SeqCst) > 0;
+            let unread = busy > 0 && self.reading() == 0 && self.parked() > 0;
             match self.queue() {
                 Some(Queue::Gone) => {
                     self.stop();
@@ -286,7 +283,7 @@ impl Governor {
                 Some(Queue::Waiting) if unread => {
                     backlog += 1;
                     // More threads than CPUs only add switching to a backlog.
-                    let active = self.threads - self.parked.load(Ordering::SeqCst);
+                    let active = self.threads - self.parked();
                     if now == last || (backlog >= BACKLOG_TICKS && active < self.cpus) {
                         backlog = 0;
                         self.release_one();
@@ -431,7 +428,7 @@ mod tests {
         }
 
         fn parked(&self) -> usize {
-            self.g.parked.load(Ordering::SeqCst)
+            self.g.parked()
         }
 
         /// Closes the queue (the "unmount"): every thread, parked or not, must end.

@@ -451,8 +451,8 @@ pub trait MetaStore: Send + Sync {
     /// Copies committed changes from the write-ahead log into the database, from a connection
     /// of its own so that writers go on meanwhile. With relaxed commits this is how the log is
     /// kept short (a mount calls it periodically); automatic checkpoints, which run inside a
-    /// commit and hold up every request waiting for the connection, only happen if it falls
-    /// far behind.
+    /// commit and hold up every request waiting for the connection, only happen at a much
+    /// larger log, and then find little left to copy.
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
