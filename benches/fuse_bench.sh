@@ -103,6 +103,9 @@ PY
     R[$fs.small.$r]=$(python3 -c "print(f'{$SMALL_FILES/(($t1-$t0)+($t3-$t2)):.0f}')")
     R[$fs.smallc.$r]=$(python3 -c "print(f'{$SMALL_FILES/($t1-$t0):.0f}')")
     R[$fs.smallr.$r]=$(python3 -c "print(f'{$SMALL_FILES/($t3-$t2):.0f}')")
+    # Each round's own figures, on stderr as it goes (the table below has medians and ratios).
+    echo "round $r $fs: write ${R[$fs.seqw.$r]} MiB/s, read ${R[$fs.seqr.$r]} MiB/s," \
+        "random ${R[$fs.rand.$r]}/s, create ${R[$fs.smallc.$r]}/s, open+read ${R[$fs.smallr.$r]}/s" >&2
 done
 done
 

@@ -128,7 +128,7 @@ fn kill_dash_nine_during_concurrent_writes_keeps_closed_files() {
 #[test]
 fn gc_while_a_mount_writes_keeps_every_closed_file() {
     // gc decides what nothing references while the mount's newest files are still in its
-    // open group (committed up to 10 ms later): it must wait for them, not collect them.
+    // open group (committed up to 50 ms later): it must wait for them, not collect them.
     // End to end over real packs; the race itself is pinned down deterministically by
     // tests/packs.rs gc_waits_for_a_mounts_open_group_of_changes.
     let s = scratch();

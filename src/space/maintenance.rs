@@ -136,21 +136,22 @@ impl Space {
                 as u64,
             ..Default::default()
         };
-        let rows = self.store.meta.chunk_rows()?;
-        let mut live = HashSet::new();
-        for row in rows {
-            // Row first, then object: a crash in between leaves only an orphan object.
-            if row.refcount <= 0 && self.store.meta.delete_unreferenced_chunk(&row.id)? {
-                self.store
-                    .chunks
-                    .delete(&row.id)
-                    .map_err(|e| SpaceError::io(format!("deleting chunk {}", row.id), e))?;
-                report.chunks_removed += 1;
-                report.bytes_freed += row.stored_len;
-            } else {
-                live.insert(row.id);
-            }
+        // Rows first, then objects: a crash in between leaves only orphan objects.
+        for row in self.store.meta.delete_unreferenced_chunks()? {
+            self.store
+                .chunks
+                .delete(&row.id)
+                .map_err(|e| SpaceError::io(format!("deleting chunk {}", row.id), e))?;
+            report.chunks_removed += 1;
+            report.bytes_freed += row.stored_len;
         }
+        let live: HashSet<ChunkId> = self
+            .store
+            .meta
+            .chunk_rows()?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         for id in self
             .store
             .chunks

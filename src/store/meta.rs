@@ -516,10 +516,12 @@ pub trait MetaStore: Send + Sync {
     fn stats(&self) -> Result<MetaStats>;
     /// All chunk rows (gc, fsck).
     fn chunk_rows(&self) -> Result<Vec<ChunkRow>>;
-    /// Every (ino, extent) referencing `chunk` (to name damaged capsules).
+    /// Every (ino, extent) referencing `chunk` (to name damaged capsules). Reads every extent:
+    /// meant for error reports, not for a loop over many chunks.
     fn referrers(&self, chunk: &ChunkId) -> Result<Vec<(Ino, u64)>>;
-    /// Deletes the row of a chunk only if it is still unreferenced; true if deleted.
-    fn delete_unreferenced_chunk(&self, id: &ChunkId) -> Result<bool>;
+    /// Deletes, in one transaction, the rows of chunks with refcount <= 0 that no extent names
+    /// (and their inline objects); returns the rows deleted.
+    fn delete_unreferenced_chunks(&self) -> Result<Vec<ChunkRow>>;
     /// Structural consistency check (fsck's metadata half).
     fn check(&self) -> Result<Vec<MetaProblem>>;
 }

@@ -30,6 +30,13 @@ pub const SCHEMA_VERSION: i64 = 2;
 /// to back rarely leaves room for, so this one also bounds the log file.
 const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 32768;
 
+/// Write-ahead log size (frames of a 4 KiB page, 16 MiB) past which [`MetaStore::checkpoint`]
+/// starts the log over: once its copies have caught up, it commits the open group and
+/// restarts the log while it holds the writer's connection, which then costs only the
+/// frames of the last moments. (Left to the 128 MiB backstop above, the restart held up
+/// requests for 150-300 ms every ~7,000 small files created.)
+const WAL_RESTART_FRAMES: i64 = 4096;
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
@@ -63,7 +70,6 @@ CREATE TABLE IF NOT EXISTS extents (
     chunk BLOB NOT NULL,
     PRIMARY KEY (ino, offset)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS extents_by_chunk ON extents(chunk);
 CREATE TABLE IF NOT EXISTS chunks (
     id BLOB PRIMARY KEY,
     refcount INTEGER NOT NULL,
@@ -115,6 +121,9 @@ pub struct SqliteMeta {
     db_path: PathBuf,
     /// The connection [`MetaStore::checkpoint`] uses (opened on first use).
     checkpointer: Mutex<Option<Connection>>,
+    /// Log frames past which [`MetaStore::checkpoint`] restarts the log
+    /// ([`WAL_RESTART_FRAMES`]; smaller in tests).
+    restart_frames: i64,
     /// When the open deferred transaction began, if one is open; guarded together with the
     /// connection (taken after it), and waited on by [`MetaStore::commit_deferred_when_due`].
     deferred: Mutex<Option<Instant>>,
@@ -183,6 +192,13 @@ fn chunk_id_from(v: Vec<u8>) -> ChunkId {
     ChunkId(a)
 }
 
+/// A new node's UUID: version 7 (RFC 9562), whose leading bits are the creation time in
+/// milliseconds, so the `nodes.uuid` index grows at its end like the ino; a random version 4
+/// lands anywhere in it and dirtied one more B-tree page per created file.
+fn new_uuid() -> Uuid {
+    Uuid::now_v7()
+}
+
 fn display_name(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
@@ -220,12 +236,22 @@ impl SqliteMeta {
         }
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&conn)?;
+        // Older stores index extents by chunk: only gc and error reports looked it up, and
+        // every created file paid a B-tree page of metadata log for it. Dropped where the
+        // store is writable; left (and kept up to date) where it is not.
+        if let Err(e) = conn.execute_batch("DROP INDEX IF EXISTS extents_by_chunk") {
+            log::debug!(
+                "keeping the extents_by_chunk index of {}: {e}",
+                path.display()
+            );
+        }
         let m = SqliteMeta {
             conn: Mutex::new(conn),
             durable: AtomicBool::new(true),
             unsynced: AtomicBool::new(false),
             db_path: path.to_path_buf(),
             checkpointer: Mutex::new(None),
+            restart_frames: WAL_RESTART_FRAMES,
             wal_path: {
                 let mut p = path.as_os_str().to_owned();
                 p.push("-wal");
@@ -249,7 +275,7 @@ impl SqliteMeta {
                     let t = now_ns();
                     exec(tx,
                         &format!("INSERT INTO nodes ({NODE_COLS}) VALUES (?1, ?2, 2, 493, ?3, ?4, 0, ?5, ?5, ?5, 2, 0, NULL, NULL, 0)"),
-                        params![ROOT_INO as i64, Uuid::new_v4().as_bytes().to_vec(), root_uid, root_gid, t],
+                        params![ROOT_INO as i64, new_uuid().as_bytes().to_vec(), root_uid, root_gid, t],
                     )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
@@ -407,7 +433,7 @@ impl SqliteMeta {
     }
 
     /// The open transaction is gone but its records are in the log: the committer thread
-    /// re-applies them as it would commit a group (10 ms), as does any write or sync first.
+    /// re-applies them as it would commit a group (`DEFER_LIMIT` later), as does any write or sync first.
     fn group_lost(&self) {
         self.needs_replay.store(true, Ordering::Relaxed);
         *lock(&self.deferred) = Some(Instant::now());
@@ -778,6 +804,16 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A [`ChunkRow`] from `id, refcount, plain_len, stored_len`.
+fn chunk_row_from(r: &rusqlite::Row) -> rusqlite::Result<ChunkRow> {
+    Ok(ChunkRow {
+        id: chunk_id_from(r.get(0)?),
+        refcount: r.get(1)?,
+        plain_len: r.get::<_, i64>(2)? as u64,
+        stored_len: r.get::<_, i64>(3)? as u64,
+    })
 }
 
 fn get_node(c: &Connection, ino: Ino) -> Result<Option<Node>> {
@@ -1293,7 +1329,7 @@ impl MetaStore for SqliteMeta {
 
     fn create(&self, parent: Ino, name: &[u8], new: NewNode) -> Result<Node> {
         check_name(name)?;
-        let (uuid, t) = (Uuid::new_v4(), now_ns());
+        let (uuid, t) = (new_uuid(), now_ns());
         if new.kind != NodeKind::File {
             // Committed at once (`mkdir d && spacectl policy set d …` must find d).
             return self.write(|tx| create_node(tx, parent, name, &new, None, uuid, t));
@@ -1334,7 +1370,7 @@ impl MetaStore for SqliteMeta {
                     display_name(name)
                 ))),
                 None => {
-                    let node = insert_node(tx, &new, t, None, Uuid::new_v4())?;
+                    let node = insert_node(tx, &new, t, None, new_uuid())?;
                     exec(
                         tx,
                         "INSERT INTO dentries VALUES (?1, ?2, ?3)",
@@ -1621,11 +1657,43 @@ impl MetaStore for SqliteMeta {
             // commits' own (automatic) checkpoints do: the log is only reused once the
             // database holds its pages durably, which `sync` relies on.
             c.pragma_update(None, "synchronous", "NORMAL")?;
+            // The restart below gives up at once when another process reads or writes.
+            c.busy_timeout(Duration::ZERO)?;
+            // Restarting truncates the log file, as the writer's own restarts do.
+            c.pragma_update(None, "journal_size_limit", 0)?;
             *slot = Some(c);
         }
         let c = slot.as_ref().expect("opened above");
         // PASSIVE: copies what no reader still needs, never waits for or blocks a writer.
-        c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        // Returns (busy, frames in the log, frames copied).
+        let passive = || -> Result<(i64, i64)> {
+            Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(1)?, r.get(2)?))
+            })?)
+        };
+        let (frames, copied) = passive()?;
+        if frames < self.restart_frames || copied < frames {
+            return Ok(());
+        }
+        // Caught up with the log as it was; once more for what was committed meanwhile,
+        // so that what is left to copy with the writer held up is the last moments' frames.
+        passive()?;
+        let w = lock(&self.conn);
+        let held = Instant::now();
+        self.commit_open(&w)?;
+        // TRUNCATE: copies the rest and starts the log over, or reports busy (the next round
+        // tries again) if another process is reading or writing.
+        let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        drop(w);
+        log::debug!(
+            "metadata log of {frames} frames {} in {:?}",
+            if busy == 0 {
+                "started over"
+            } else {
+                "busy, not started over"
+            },
+            held.elapsed()
+        );
         Ok(())
     }
 
@@ -2018,14 +2086,7 @@ impl MetaStore for SqliteMeta {
     fn chunk_rows(&self) -> Result<Vec<ChunkRow>> {
         self.read(|c| {
             let mut st = c.prepare("SELECT id, refcount, plain_len, stored_len FROM chunks")?;
-            let rows = st.query_map([], |r| {
-                Ok(ChunkRow {
-                    id: chunk_id_from(r.get(0)?),
-                    refcount: r.get(1)?,
-                    plain_len: r.get::<_, i64>(2)? as u64,
-                    stored_len: r.get::<_, i64>(3)? as u64,
-                })
-            })?;
+            let rows = st.query_map([], chunk_row_from)?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
     }
@@ -2042,30 +2103,25 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn delete_unreferenced_chunk(&self, id: &ChunkId) -> Result<bool> {
+    fn delete_unreferenced_chunks(&self) -> Result<Vec<ChunkRow>> {
         self.write(|tx| {
-            let refs: i64 = row(
-                tx,
-                "SELECT COUNT(*) FROM extents WHERE chunk=?1",
-                [id.0.to_vec()],
-                |r| r.get(0),
-            )?;
-            if refs > 0 {
-                return Ok(false);
-            }
-            let deleted = exec(
-                tx,
-                "DELETE FROM chunks WHERE id=?1 AND refcount <= 0",
-                [id.0.to_vec()],
-            )? > 0;
-            if deleted {
-                exec(
-                    tx,
-                    "DELETE FROM inline_objects WHERE id=?1",
-                    [id.0.to_vec()],
+            // `NOT IN` builds a set of the referenced ids once: extents have no index by chunk
+            // (it cost a B-tree page per created file), so a lookup per chunk would scan them.
+            let dead = {
+                let mut st = tx.prepare(
+                    "SELECT id, refcount, plain_len, stored_len FROM chunks
+                     WHERE refcount <= 0 AND id NOT IN (SELECT chunk FROM extents)",
                 )?;
+                let rows = st.query_map([], chunk_row_from)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let mut del_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id=?1")?;
+            let mut del_inline = tx.prepare_cached("DELETE FROM inline_objects WHERE id=?1")?;
+            for row in &dead {
+                del_chunk.execute([row.id.0.to_vec()])?;
+                del_inline.execute([row.id.0.to_vec()])?;
             }
-            Ok(deleted)
+            Ok(dead)
         })
     }
 
@@ -2324,6 +2380,40 @@ mod tests {
             provenance: Some("test".into()),
             inline_objects: vec![(chunk, bytes.to_vec())],
         }
+    }
+
+    #[test]
+    fn gc_deletes_only_chunks_no_extent_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        let a = m.create(ROOT_INO, b"a", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(a.ino, &small_content(1, b"kept"), None)
+            .unwrap();
+        let b = m.create(ROOT_INO, b"b", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(b.ino, &small_content(2, b"replaced"), None)
+            .unwrap();
+        m.commit_content(b.ino, &small_content(3, b"current"), None)
+            .unwrap();
+        // A wrong refcount must not cost a chunk that an extent still names.
+        lock(&m.conn)
+            .execute(
+                "UPDATE chunks SET refcount = 0 WHERE id = ?1",
+                [vec![1u8; 32]],
+            )
+            .unwrap();
+        let deleted = m.delete_unreferenced_chunks().unwrap();
+        assert_eq!(
+            deleted.iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![ChunkId([2; 32])]
+        );
+        let ids: Vec<ChunkId> = m.chunk_rows().unwrap().into_iter().map(|r| r.id).collect();
+        assert!(ids.contains(&ChunkId([1; 32])) && ids.contains(&ChunkId([3; 32])));
+        assert!(!ids.contains(&ChunkId([2; 32])));
+        let inline: i64 = lock(&m.conn)
+            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(inline, 2, "the deleted chunk's inline object stayed");
+        assert!(m.delete_unreferenced_chunks().unwrap().is_empty());
     }
 
     #[test]
@@ -2834,6 +2924,81 @@ mod tests {
             now < largest,
             "the log never got shorter ({now} bytes, at most {largest})"
         );
+    }
+
+    #[test]
+    fn a_long_log_starts_over_at_a_checkpoint_with_the_open_group_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let mut m = SqliteMeta::open(&path, 0, 0).unwrap();
+        m.restart_frames = 64;
+        m.set_durable_commits(false).unwrap();
+        let wal = dir.path().join("meta.db-wal");
+        let wal_len = || std::fs::metadata(&wal).unwrap().len();
+        for i in 0..400 {
+            m.create(ROOT_INO, format!("f{i}").as_bytes(), new(NodeKind::File, 0))
+                .unwrap();
+            if i % 20 == 19 {
+                m.commit_deferred().unwrap();
+            }
+        }
+        // Left open: the restart must commit it, not lose it.
+        m.create(ROOT_INO, b"last", new(NodeKind::File, 0)).unwrap();
+        assert!(wal_len() > 64 * 4096, "only {} bytes of log", wal_len());
+        m.checkpoint().unwrap();
+        assert_eq!(wal_len(), 0, "the log did not start over");
+        assert!(
+            lock(&m.conn).is_autocommit(),
+            "the open group was not committed"
+        );
+        let other = SqliteMeta::open(&path, 0, 0).unwrap();
+        assert!(other.lookup(ROOT_INO, b"last").unwrap().is_some());
+        assert!(other.lookup(ROOT_INO, b"f399").unwrap().is_some());
+        // Below the threshold a checkpoint only copies.
+        m.create(ROOT_INO, b"again", new(NodeKind::File, 0))
+            .unwrap();
+        m.commit_deferred().unwrap();
+        let before = wal_len();
+        m.checkpoint().unwrap();
+        assert_eq!(wal_len(), before);
+    }
+
+    #[test]
+    fn new_nodes_get_time_ordered_uuids() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        let a = m.create(ROOT_INO, b"a", new(NodeKind::File, 0)).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = m.create(ROOT_INO, b"b", new(NodeKind::Dir, 0)).unwrap();
+        assert_eq!(a.uuid.get_version_num(), 7);
+        assert_eq!(b.uuid.get_version_num(), 7);
+        assert!(a.uuid < b.uuid, "{} then {}", a.uuid, b.uuid);
+    }
+
+    #[test]
+    fn the_extents_by_chunk_index_of_older_stores_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        drop(SqliteMeta::open(&path, 0, 0).unwrap());
+        let index_exists = || -> bool {
+            Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE name='extents_by_chunk'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap()
+                > 0
+        };
+        assert!(!index_exists());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE INDEX extents_by_chunk ON extents(chunk)")
+            .unwrap();
+        assert!(index_exists());
+        drop(SqliteMeta::open(&path, 0, 0).unwrap());
+        assert!(!index_exists());
     }
 
     #[test]
