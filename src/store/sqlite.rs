@@ -21,7 +21,10 @@ use crate::util::lock;
 
 /// 2: the redo log (docs/FORMAT.md 5.3). A build that reads only 1 would ignore the log and
 /// build on a state that lacks its records, so it must refuse the store.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: chunks reach their inline objects by `chunks.inline_ref` (the object's rowid), and new
+/// stores no longer index inline objects by id. A build that reads only 2 would look them up
+/// by id (a scan) and store new ones without `inline_ref`, so it must refuse the store.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Write-ahead log size (pages of 4 KiB, 128 MiB) that triggers a checkpoint inside a commit
 /// under relaxed commits. A mount's [`MetaStore::checkpoint`] copies the log meanwhile without
@@ -77,10 +80,11 @@ CREATE TABLE IF NOT EXISTS chunks (
     stored_len INTEGER NOT NULL,
     pack INTEGER,
     pack_offset INTEGER,
-    head BLOB
+    head BLOB,
+    inline_ref INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS inline_objects (
-    id BLOB PRIMARY KEY,
+    id BLOB NOT NULL,
     object BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS derived (
@@ -231,7 +235,9 @@ impl SqliteMeta {
             )
             .optional()
             .unwrap_or(None);
-        if let Some(v) = found.filter(|v| *v != "1" && *v != SCHEMA_VERSION.to_string()) {
+        if let Some(v) =
+            found.filter(|v| !["1", "2"].contains(&v.as_str()) && *v != SCHEMA_VERSION.to_string())
+        {
             return Err(unsupported_schema(path, &v));
         }
         conn.execute_batch(SCHEMA)?;
@@ -279,10 +285,12 @@ impl SqliteMeta {
                     )?;
                 }
                 Some(v) if v == SCHEMA_VERSION.to_string() => {}
-                // Schema 1 is 2 without the redo log: upgraded in place, so that builds that
-                // would ignore the log refuse the store from now on (processes of such a build
-                // still running on it must be stopped first: docs/FORMAT.md 6).
-                Some(v) if v == "1" => {
+                // Schema 1 is 2 without the redo log, 2 is 3 without `chunks.inline_ref` (added
+                // and filled in by `add_missing_columns` above): upgraded in place, so that
+                // builds that would ignore the log or the column refuse the store from now on
+                // (processes of such a build still running on it must be stopped first:
+                // docs/FORMAT.md 6).
+                Some(v) if v == "1" || v == "2" => {
                     exec(tx, "UPDATE meta SET value=?1 WHERE key='schema_version'", [SCHEMA_VERSION.to_string()])?;
                 }
                 Some(v) => return Err(unsupported_schema(path, &v)),
@@ -794,6 +802,15 @@ fn add_missing_columns(c: &Connection) -> Result<()> {
              ALTER TABLE chunks ADD COLUMN pack_offset INTEGER",
         ),
         ("chunks", "head", "ALTER TABLE chunks ADD COLUMN head BLOB"),
+        // Schema 3. Stores made before it index inline objects by id (their primary key),
+        // which finds each chunk's object once here.
+        (
+            "chunks",
+            "inline_ref",
+            "ALTER TABLE chunks ADD COLUMN inline_ref INTEGER; \
+             UPDATE chunks SET inline_ref = \
+                 (SELECT i.rowid FROM inline_objects i WHERE i.id = chunks.id)",
+        ),
     ];
     for (table, column, add) in ADDED {
         let present = c
@@ -941,25 +958,42 @@ fn release_extents(tx: &Connection, ino: Ino) -> Result<()> {
     Ok(())
 }
 
+/// Stores the content's inline objects that no chunk row has yet; returns each stored one's
+/// rowid (its chunk row's `inline_ref`).
+fn add_inline_objects(tx: &Connection, content: &Content) -> Result<Vec<(ChunkId, i64)>> {
+    let mut stored: Vec<(ChunkId, i64)> = Vec::new();
+    if content.inline_objects.is_empty() {
+        return Ok(stored);
+    }
+    let mut known = tx.prepare_cached(
+        "SELECT 1 FROM chunks WHERE id=?1 AND (pack IS NOT NULL OR inline_ref IS NOT NULL)",
+    )?;
+    let mut ins = tx.prepare_cached("INSERT INTO inline_objects (id, object) VALUES (?1, ?2)")?;
+    for (id, object) in &content.inline_objects {
+        // A chunk whose row names a pack or an inline object has its object already.
+        if stored.iter().any(|(s, _)| s == id) || known.exists([id.0.to_vec()])? {
+            continue;
+        }
+        ins.execute(params![id.0.to_vec(), object])?;
+        stored.push((*id, tx.last_insert_rowid()));
+    }
+    Ok(stored)
+}
+
 fn add_extents(tx: &Connection, ino: Ino, content: &Content) -> Result<()> {
     // Inline objects first: the chunk rows below make them reachable, in this transaction.
-    for (id, object) in &content.inline_objects {
-        exec(
-            tx,
-            "INSERT OR IGNORE INTO inline_objects (id, object) VALUES (?1, ?2)",
-            params![id.0.to_vec(), object],
-        )?;
-    }
+    let inline = add_inline_objects(tx, content)?;
     let mut ins = tx.prepare_cached(
         "INSERT INTO extents (ino, offset, length, chunk) VALUES (?1, ?2, ?3, ?4)",
     )?;
     let mut up = tx.prepare_cached(
-        "INSERT INTO chunks (id, refcount, plain_len, stored_len, pack, pack_offset, head)
-         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO chunks (id, refcount, plain_len, stored_len, pack, pack_offset, head, inline_ref)
+         VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET refcount = refcount + 1,
              head = CASE WHEN pack IS NULL THEN excluded.head ELSE head END,
              pack = COALESCE(pack, excluded.pack),
-             pack_offset = COALESCE(pack_offset, excluded.pack_offset)",
+             pack_offset = COALESCE(pack_offset, excluded.pack_offset),
+             inline_ref = COALESCE(inline_ref, excluded.inline_ref)",
     )?;
     let mut expect = 0u64;
     for c in &content.chunks {
@@ -983,7 +1017,11 @@ fn add_extents(tx: &Connection, ino: Ino, content: &Content) -> Result<()> {
             c.stored_len as i64,
             c.loc.map(|l| l.pack as i64),
             c.loc.map(|l| l.offset as i64),
-            c.head.as_ref().map(|h| h.as_slice())
+            c.head.as_ref().map(|h| h.as_slice()),
+            inline
+                .iter()
+                .find(|(id, _)| *id == e.chunk)
+                .map(|(_, r)| *r)
         ])?;
         debug_assert_eq!(n, 1);
     }
@@ -1812,7 +1850,7 @@ impl MetaStore for SqliteMeta {
                 "SELECT e.offset, e.length, e.chunk, c.stored_len, c.pack, c.pack_offset, i.object,
                         c.head
                  FROM extents e LEFT JOIN chunks c ON c.id = e.chunk
-                   LEFT JOIN inline_objects i ON i.id = e.chunk
+                   LEFT JOIN inline_objects i ON i.rowid = c.inline_ref
                  WHERE e.ino=?1 AND e.offset >=
                    COALESCE((SELECT MAX(offset) FROM extents WHERE ino=?1 AND offset <= ?2), 0)
                  ORDER BY e.offset LIMIT ?3",
@@ -1892,7 +1930,7 @@ impl MetaStore for SqliteMeta {
             Ok(row(
                 c,
                 "SELECT c.stored_len, c.pack, c.pack_offset, i.object, c.head
-                 FROM chunks c LEFT JOIN inline_objects i ON i.id = c.id WHERE c.id=?1",
+                 FROM chunks c LEFT JOIN inline_objects i ON i.rowid = c.inline_ref WHERE c.id=?1",
                 [id.0.to_vec()],
                 |r| location_from_row(r, 0),
             )
@@ -2109,19 +2147,21 @@ impl MetaStore for SqliteMeta {
             // (it cost a B-tree page per created file), so a lookup per chunk would scan them.
             let dead = {
                 let mut st = tx.prepare(
-                    "SELECT id, refcount, plain_len, stored_len FROM chunks
+                    "SELECT id, refcount, plain_len, stored_len, inline_ref FROM chunks
                      WHERE refcount <= 0 AND id NOT IN (SELECT chunk FROM extents)",
                 )?;
-                let rows = st.query_map([], chunk_row_from)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()?
+                let rows = st.query_map([], |r| Ok((chunk_row_from(r)?, r.get(4)?)))?;
+                rows.collect::<rusqlite::Result<Vec<(ChunkRow, Option<i64>)>>>()?
             };
             let mut del_chunk = tx.prepare_cached("DELETE FROM chunks WHERE id=?1")?;
-            let mut del_inline = tx.prepare_cached("DELETE FROM inline_objects WHERE id=?1")?;
-            for row in &dead {
+            let mut del_inline = tx.prepare_cached("DELETE FROM inline_objects WHERE rowid=?1")?;
+            for (row, inline_ref) in &dead {
                 del_chunk.execute([row.id.0.to_vec()])?;
-                del_inline.execute([row.id.0.to_vec()])?;
+                if let Some(r) = inline_ref {
+                    del_inline.execute([r])?;
+                }
             }
-            Ok(dead)
+            Ok(dead.into_iter().map(|(row, _)| row).collect())
         })
     }
 
@@ -2696,7 +2736,7 @@ mod tests {
         m.abandon();
         other
             .read(|c| {
-                c.execute_batch("UPDATE meta SET value='3' WHERE key='schema_version'")?;
+                c.execute_batch("UPDATE meta SET value='4' WHERE key='schema_version'")?;
                 Ok(())
             })
             .unwrap();
@@ -2704,7 +2744,7 @@ mod tests {
         let log = std::fs::read(dir.path().join("meta.db-redo")).unwrap();
         assert!(!log.is_empty());
         let e = SqliteMeta::open(&path, 0, 0).err().unwrap();
-        assert!(e.to_string().contains("schema version 3"), "{e}");
+        assert!(e.to_string().contains("schema version 4"), "{e}");
         assert_eq!(std::fs::read(dir.path().join("meta.db-redo")).unwrap(), log);
         let c = Connection::open(&path).unwrap();
         let f: i64 = c
@@ -2716,7 +2756,7 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_1_store_is_upgraded_to_2() {
+    fn a_schema_1_store_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.db");
         drop(SqliteMeta::open(&path, 0, 0).unwrap());
@@ -2734,7 +2774,109 @@ mod tests {
                 )?)
             })
             .unwrap();
-        assert_eq!(v, "2");
+        assert_eq!(v, "3");
+    }
+
+    #[test]
+    fn a_schema_2_store_reaches_its_inline_objects_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let old = ChunkId([5; 32]);
+        {
+            // As schema 2 wrote it: inline objects keyed by id, no `chunks.inline_ref`.
+            let c = Connection::open(&path).unwrap();
+            let schema2 = SCHEMA
+                .replace("head BLOB,\n    inline_ref INTEGER", "head BLOB")
+                .replace(
+                    "id BLOB NOT NULL,\n    object BLOB NOT NULL",
+                    "id BLOB PRIMARY KEY,\n    object BLOB NOT NULL",
+                );
+            assert_ne!(schema2, SCHEMA);
+            c.execute_batch(&schema2).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta VALUES ('schema_version', '2');
+                 INSERT INTO nodes (ino, uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version)
+                 VALUES (1, x'00112233445566778899aabbccddeeff', 2, 493, 0, 0, 0, 1, 1, 1, 2, 0),
+                        (2, x'00112233445566778899aabbccddee00', 1, 420, 0, 0, 3, 1, 1, 1, 1, 1);
+                 INSERT INTO dentries VALUES (1, x'6f6c64', 2);
+                 INSERT INTO inline_objects (id, object) VALUES (zeroblob(0), x'00'), (x'0505050505050505050505050505050505050505050505050505050505050505', x'6f6c64');
+                 INSERT INTO chunks (id, refcount, plain_len, stored_len) VALUES (x'0505050505050505050505050505050505050505050505050505050505050505', 1, 3, 3);
+                 INSERT INTO extents VALUES (2, 0, 3, x'0505050505050505050505050505050505050505050505050505050505050505');",
+            )
+            .unwrap();
+        }
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        let loc = m.chunk_location(&old).unwrap().unwrap();
+        assert_eq!(loc.inline.as_deref(), Some(&b"old"[..]));
+        let located = m.extents_located_from(2, 0, 10).unwrap();
+        assert_eq!(
+            located[0].1.as_ref().unwrap().inline.as_deref(),
+            Some(&b"old"[..])
+        );
+        // New content dedups against the old object and stores a new one by reference.
+        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+        let mut c = small_content(5, b"old");
+        c.inline_objects
+            .push((ChunkId([6; 32]), b"unused".to_vec()));
+        m.commit_content(f.ino, &c, None).unwrap();
+        let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(g.ino, &small_content(7, b"new"), None)
+            .unwrap();
+        let loc = m.chunk_location(&ChunkId([7; 32])).unwrap().unwrap();
+        assert_eq!(loc.inline.as_deref(), Some(&b"new"[..]));
+        let objects: i64 = lock(&m.conn)
+            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
+            .unwrap();
+        // The stray empty-id row, the old object, [6; 32] (listed, not a chunk: harmless),
+        // and the new one: nothing stored twice.
+        assert_eq!(objects, 4);
+        assert!(m.check().unwrap().is_empty());
+        drop(m);
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        assert_eq!(
+            m.chunk_location(&old).unwrap().unwrap().inline.as_deref(),
+            Some(&b"old"[..])
+        );
+    }
+
+    #[test]
+    fn an_inline_object_is_stored_once_per_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
+        for name in [&b"a"[..], b"b"] {
+            let f = m.create(ROOT_INO, name, new(NodeKind::File, 0)).unwrap();
+            let mut c = small_content(1, b"same");
+            // The same chunk twice in one content (a repeated block).
+            c.chunks.push(ContentChunk {
+                extent: Extent {
+                    offset: 4,
+                    ..c.chunks[0].extent
+                },
+                ..c.chunks[0]
+            });
+            c.size = 8;
+            c.inline_objects.push(c.inline_objects[0].clone());
+            m.commit_content(f.ino, &c, None).unwrap();
+        }
+        let (objects, refcount): (i64, i64) = lock(&m.conn)
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM inline_objects), refcount FROM chunks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((objects, refcount), (1, 4));
+        let loc = m.chunk_location(&ChunkId([1; 32])).unwrap().unwrap();
+        assert_eq!(loc.inline.as_deref(), Some(&b"same"[..]));
+        // gc removes the object with its chunk once nothing names it.
+        m.unlink(ROOT_INO, b"a").unwrap();
+        m.unlink(ROOT_INO, b"b").unwrap();
+        let gone = m.delete_unreferenced_chunks().unwrap();
+        assert_eq!(gone.len(), 1);
+        let objects: i64 = lock(&m.conn)
+            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(objects, 0);
     }
 
     #[test]
