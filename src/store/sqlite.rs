@@ -140,6 +140,10 @@ pub struct SqliteMeta {
     needs_replay: AtomicBool,
     /// When a read last tried to re-apply a lost group (reads retry at most once a second).
     replay_tried: Mutex<Option<Instant>>,
+    /// The redo generation of the open transaction, once a record needed it: constant while
+    /// this connection holds the write lock (only its own commit bumps it), so read once per
+    /// transaction instead of once per record; forgotten whenever a transaction begins.
+    open_generation: Mutex<Option<u64>>,
 }
 
 fn node_from_row(r: &Row) -> rusqlite::Result<Node> {
@@ -270,6 +274,7 @@ impl SqliteMeta {
             })?),
             needs_replay: AtomicBool::new(false),
             replay_tried: Mutex::new(None),
+            open_generation: Mutex::new(None),
         };
         m.write(|tx| {
             let v: Option<String> = tx
@@ -366,7 +371,13 @@ impl SqliteMeta {
         let done = f(&c)
             .and_then(|(out, op)| match op {
                 Some(op) if defer => {
-                    let generation = redo_generation(&c)?;
+                    let generation = {
+                        let mut known = lock(&self.open_generation);
+                        match *known {
+                            Some(g) => g,
+                            None => *known.insert(redo_generation(&c)?),
+                        }
+                    };
                     recorded_at = Some(
                         lock(&self.redo)
                             .append(&RedoRecord { generation, op })
@@ -454,6 +465,7 @@ impl SqliteMeta {
     /// holds the write lock and every record in it is of an older generation: no process can
     /// be appending then, and none of its records is still needed.
     fn begin(&self, c: &Connection) -> Result<()> {
+        *lock(&self.open_generation) = None;
         let mut set_aside = false;
         loop {
             run(c, "BEGIN IMMEDIATE")?;
@@ -2454,6 +2466,24 @@ mod tests {
             .unwrap();
         assert_eq!(inline, 2, "the deleted chunk's inline object stayed");
         assert!(m.delete_unreferenced_chunks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_of_a_later_group_carry_its_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, other) = two_connections(&dir);
+        m.set_durable_commits(false).unwrap();
+        m.create(ROOT_INO, b"a", new(NodeKind::File, 0)).unwrap();
+        m.commit_deferred().unwrap();
+        // The generation read for the first group's record is not reused for the second's
+        // (the commit started a new one): a stale record would be dropped, not re-applied.
+        m.create(ROOT_INO, b"b", new(NodeKind::File, 0)).unwrap();
+        m.create(ROOT_INO, b"c", new(NodeKind::File, 0)).unwrap();
+        m.abandon();
+        other.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+        for name in [&b"a"[..], b"b", b"c"] {
+            assert!(other.lookup(ROOT_INO, name).unwrap().is_some());
+        }
     }
 
     #[test]
