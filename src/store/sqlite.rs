@@ -983,7 +983,10 @@ fn add_inline_objects(tx: &Connection, content: &Content) -> Result<Vec<(ChunkId
     let mut known = tx.prepare_cached(
         "SELECT 1 FROM chunks WHERE id=?1 AND (pack IS NOT NULL OR inline_ref IS NOT NULL)",
     )?;
-    let mut ins = tx.prepare_cached("INSERT INTO inline_objects (id, object) VALUES (?1, ?2)")?;
+    // REPLACE: in a store made before schema 3 (inline objects keyed by id), a row that no
+    // chunk names (left by damage) is replaced rather than failing the commit.
+    let mut ins =
+        tx.prepare_cached("INSERT OR REPLACE INTO inline_objects (id, object) VALUES (?1, ?2)")?;
     for (id, object) in &content.inline_objects {
         // A chunk whose row names a pack or an inline object has its object already.
         if stored.iter().any(|(s, _)| s == id) || known.exists([id.0.to_vec()])? {
@@ -2859,14 +2862,27 @@ mod tests {
         let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
         m.commit_content(g.ino, &small_content(7, b"new"), None)
             .unwrap();
+        // An object row that no chunk names (damage) under the old key does not block a
+        // commit of that chunk: it is replaced.
+        lock(&m.conn)
+            .execute(
+                "INSERT INTO inline_objects (id, object) VALUES (?1, x'00')",
+                [vec![8u8; 32]],
+            )
+            .unwrap();
+        let h = m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
+        m.commit_content(h.ino, &small_content(8, b"stray"), None)
+            .unwrap();
+        let loc = m.chunk_location(&ChunkId([8; 32])).unwrap().unwrap();
+        assert_eq!(loc.inline.as_deref(), Some(&b"stray"[..]));
         let loc = m.chunk_location(&ChunkId([7; 32])).unwrap().unwrap();
         assert_eq!(loc.inline.as_deref(), Some(&b"new"[..]));
         let objects: i64 = lock(&m.conn)
             .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
             .unwrap();
         // The stray empty-id row, the old object, [6; 32] (listed, not a chunk: harmless),
-        // and the new one: nothing stored twice.
-        assert_eq!(objects, 4);
+        // [7; 32] and [8; 32] (the damaged row replaced): nothing stored twice.
+        assert_eq!(objects, 5);
         assert!(m.check().unwrap().is_empty());
         drop(m);
         let m = SqliteMeta::open(&path, 0, 0).unwrap();
