@@ -2444,16 +2444,25 @@ mod tests {
         }
     }
 
+    /// A file `name` in the root holding `bytes` as chunk `[id; 32]` (inline); the committed node.
+    fn small_file(m: &SqliteMeta, name: &[u8], id: u8, bytes: &[u8]) -> Node {
+        let f = m.create(ROOT_INO, name, new(NodeKind::File, 0)).unwrap();
+        m.commit_content(f.ino, &small_content(id, bytes), None)
+            .unwrap()
+    }
+
+    fn inline_object_count(m: &SqliteMeta) -> i64 {
+        lock(&m.conn)
+            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
+            .unwrap()
+    }
+
     #[test]
     fn gc_deletes_only_chunks_no_extent_names() {
         let dir = tempfile::tempdir().unwrap();
         let m = SqliteMeta::open(&dir.path().join("meta.db"), 0, 0).unwrap();
-        let a = m.create(ROOT_INO, b"a", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(a.ino, &small_content(1, b"kept"), None)
-            .unwrap();
-        let b = m.create(ROOT_INO, b"b", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(b.ino, &small_content(2, b"replaced"), None)
-            .unwrap();
+        small_file(&m, b"a", 1, b"kept");
+        let b = small_file(&m, b"b", 2, b"replaced");
         m.commit_content(b.ino, &small_content(3, b"current"), None)
             .unwrap();
         // A wrong refcount must not cost a chunk that an extent still names.
@@ -2471,10 +2480,11 @@ mod tests {
         let ids: Vec<ChunkId> = m.chunk_rows().unwrap().into_iter().map(|r| r.id).collect();
         assert!(ids.contains(&ChunkId([1; 32])) && ids.contains(&ChunkId([3; 32])));
         assert!(!ids.contains(&ChunkId([2; 32])));
-        let inline: i64 = lock(&m.conn)
-            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(inline, 2, "the deleted chunk's inline object stayed");
+        assert_eq!(
+            inline_object_count(&m),
+            2,
+            "the deleted chunk's inline object stayed"
+        );
         assert!(m.delete_unreferenced_chunks().unwrap().is_empty());
     }
 
@@ -2501,10 +2511,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, other) = two_connections(&dir);
         m.set_durable_commits(false).unwrap();
-        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
-        let f = m
-            .commit_content(f.ino, &small_content(1, b"hello"), None)
-            .unwrap();
+        let f = small_file(&m, b"f", 1, b"hello");
         let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
         m.commit_content(f.ino, &small_content(2, b"hello, world"), Some(f.version))
             .unwrap();
@@ -2556,9 +2563,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (m, other) = two_connections(&dir);
         m.set_durable_commits(false).unwrap();
-        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(f.ino, &small_content(1, b"one"), None)
-            .unwrap();
+        small_file(&m, b"f", 1, b"one");
         let log = dir.path().join("meta.db-redo");
         let records = std::fs::read(&log).unwrap();
         assert!(!records.is_empty(), "grouped changes are in the log");
@@ -2639,10 +2644,7 @@ mod tests {
 
     /// A mount's group (file "f" with content) whose commit fails; returns f.
     fn group_whose_commit_failed(m: &SqliteMeta) -> Node {
-        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
-        let f = m
-            .commit_content(f.ino, &small_content(1, b"kept"), None)
-            .unwrap();
+        let f = small_file(m, b"f", 1, b"kept");
         // The trigger is part of the transaction whose commit it fails, and goes with it.
         m.read(|c| {
             c.execute_batch(
@@ -2859,9 +2861,7 @@ mod tests {
         c.inline_objects
             .push((ChunkId([6; 32]), b"unused".to_vec()));
         m.commit_content(f.ino, &c, None).unwrap();
-        let g = m.create(ROOT_INO, b"g", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(g.ino, &small_content(7, b"new"), None)
-            .unwrap();
+        small_file(&m, b"g", 7, b"new");
         // An object row that no chunk names (damage) under the old key does not block a
         // commit of that chunk: it is replaced.
         lock(&m.conn)
@@ -2870,19 +2870,14 @@ mod tests {
                 [vec![8u8; 32]],
             )
             .unwrap();
-        let h = m.create(ROOT_INO, b"h", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(h.ino, &small_content(8, b"stray"), None)
-            .unwrap();
+        small_file(&m, b"h", 8, b"stray");
         let loc = m.chunk_location(&ChunkId([8; 32])).unwrap().unwrap();
         assert_eq!(loc.inline.as_deref(), Some(&b"stray"[..]));
         let loc = m.chunk_location(&ChunkId([7; 32])).unwrap().unwrap();
         assert_eq!(loc.inline.as_deref(), Some(&b"new"[..]));
-        let objects: i64 = lock(&m.conn)
-            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
-            .unwrap();
         // The stray empty-id row, the old object, [6; 32] (listed, not a chunk: harmless),
         // [7; 32] and [8; 32] (the damaged row replaced): nothing stored twice.
-        assert_eq!(objects, 5);
+        assert_eq!(inline_object_count(&m), 5);
         assert!(m.check().unwrap().is_empty());
         drop(m);
         let m = SqliteMeta::open(&path, 0, 0).unwrap();
@@ -2926,10 +2921,7 @@ mod tests {
         m.unlink(ROOT_INO, b"b").unwrap();
         let gone = m.delete_unreferenced_chunks().unwrap();
         assert_eq!(gone.len(), 1);
-        let objects: i64 = lock(&m.conn)
-            .query_row("SELECT COUNT(*) FROM inline_objects", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(objects, 0);
+        assert_eq!(inline_object_count(&m), 0);
     }
 
     #[test]
@@ -3046,9 +3038,7 @@ mod tests {
     fn durable_commits_write_no_records() {
         let dir = tempfile::tempdir().unwrap();
         let (m, other) = two_connections(&dir);
-        let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
-        m.commit_content(f.ino, &small_content(1, b"one"), None)
-            .unwrap();
+        small_file(&m, b"f", 1, b"one");
         assert!(other.lookup(ROOT_INO, b"f").unwrap().is_some());
         assert_eq!(
             std::fs::metadata(dir.path().join("meta.db-redo"))
