@@ -449,10 +449,11 @@ pub trait MetaStore: Send + Sync {
     /// Makes every earlier commit durable (a no-op if each already was).
     fn sync(&self) -> Result<()>;
     /// Copies committed changes from the write-ahead log into the database, from a connection
-    /// of its own so that writers go on meanwhile. With relaxed commits this is how the log is
-    /// kept short (a mount calls it periodically); automatic checkpoints, which run inside a
-    /// commit and hold up every request waiting for the connection, only happen at a much
-    /// larger log, and then find little left to copy.
+    /// of its own so that writers go on meanwhile; once the log is long and fully copied, also
+    /// commits the open group and starts the log over, briefly holding up writers. With relaxed
+    /// commits this is how the log is kept short (a mount calls it periodically); automatic
+    /// checkpoints, which run inside a commit and hold up every request waiting for the
+    /// connection, only happen at a much larger log.
     fn checkpoint(&self) -> Result<()> {
         Ok(())
     }

@@ -27,10 +27,9 @@ use crate::util::lock;
 pub const SCHEMA_VERSION: i64 = 3;
 
 /// Write-ahead log size (pages of 4 KiB, 128 MiB) that triggers a checkpoint inside a commit
-/// under relaxed commits. A mount's [`MetaStore::checkpoint`] copies the log meanwhile without
-/// holding up writers, so that one finds little left to copy; but only a checkpoint that ends
-/// while no transaction is open lets the log start over, which a mount committing groups back
-/// to back rarely leaves room for, so this one also bounds the log file.
+/// under relaxed commits: a backstop. A mount's [`MetaStore::checkpoint`] copies the log
+/// without holding up writers and starts it over at [`WAL_RESTART_FRAMES`]; this bounds the
+/// log file when that cannot (another process kept it busy) or nobody calls it.
 const WAL_CHECKPOINT_PAGES_RELAXED: i64 = 32768;
 
 /// Write-ahead log size (frames of a 4 KiB page, 16 MiB) past which [`MetaStore::checkpoint`]
