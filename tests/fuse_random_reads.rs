@@ -46,6 +46,9 @@ fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
         (e.offset, pack, loc.offset + at as u64)
     };
 
+    // Cold packs, so the segments are read with O_DIRECT (bytes in the page cache are read
+    // through it).
+    evict_packs(&s.store);
     let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
         return;
     };
@@ -122,6 +125,21 @@ fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
     file.read_exact_at(&mut b, byte_in_pack).unwrap();
     file.write_all_at(&[b[0] ^ 0x20], byte_in_pack).unwrap();
     drop(file);
+    // Both ways of reading the damaged segment: from the page cache (the pack was just
+    // written), then from the disk.
+    for cold in [false, true] {
+        if cold {
+            evict_packs(&s.store);
+        }
+        let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+            return;
+        };
+        let f = std::fs::File::open(s.mnt.join("f")).unwrap();
+        let err = f.read_exact_at(&mut buf, target - 1000).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "cold {cold}: {err}");
+        drop(f);
+        assert!(d.unmount().success());
+    }
 
     let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
         return;
@@ -142,4 +160,16 @@ fn random_reads_decrypt_only_their_segments_and_catch_tampering() {
     assert!(d.unmount().success());
     let o = spacectl(&s.store, &["fsck"]);
     assert!(!o.status.success(), "fsck reports the damage");
+}
+
+/// Writes the store's packs to disk and drops them from the page cache.
+fn evict_packs(store: &std::path::Path) {
+    use std::os::fd::AsRawFd;
+    for entry in std::fs::read_dir(store.join("packs")).unwrap() {
+        let file = std::fs::File::open(entry.unwrap().path()).unwrap();
+        file.sync_all().unwrap();
+        // SAFETY: advice on a descriptor we own.
+        let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+    }
 }

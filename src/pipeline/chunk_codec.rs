@@ -496,11 +496,12 @@ impl SegmentedObject {
         &self,
         keys: &DataKeys,
         segments: std::ops::Range<u32>,
-        mut sealed: Vec<u8>,
+        sealed: impl Into<ObjectBytes>,
     ) -> Result<Vec<u8>, DecodeError> {
+        let (mut buf, at) = sealed.into().into_parts();
         self.layout
-            .open(keys, &self.aad, &self.nonce, segments, &mut sealed, 0)?;
-        Ok(sealed)
+            .open(keys, &self.aad, &self.nonce, segments, &mut buf, at)?;
+        Ok(buf)
     }
 
     /// Plaintext bytes per segment.
@@ -878,6 +879,14 @@ mod tests {
                 &plain[off - start..off - start + len],
                 &data[off..off + len]
             );
+            // The same bytes behind an alignment gap in their buffer (as O_DIRECT reads
+            // return them) open to the same plaintext.
+            let mut padded = vec![0xee; 100];
+            padded.extend_from_slice(&obj[range.clone()]);
+            let from_padded = so
+                .open(&keys, segs.clone(), ObjectBytes::new(padded, 100))
+                .unwrap();
+            assert_eq!(from_padded, plain);
             // A flipped bit in the bytes read, a wrong id or a shifted range: an error.
             let mut t = obj[range.clone()].to_vec();
             let at = t.len() / 2;

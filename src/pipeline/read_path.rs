@@ -511,7 +511,7 @@ fn plan_part_reads(
                 .chunks
                 .get_range(id, Some(loc), located.stored_len, 0..head_len)
             {
-                Ok(h) => (h, false),
+                Ok(h) => (h.into_vec(), false),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(e) => return Err(PlanError::Io(e)),
             }

@@ -56,8 +56,8 @@ pub trait ChunkBackend: Send + Sync {
         loc: Option<PackLoc>,
         len: u32,
         range: std::ops::Range<usize>,
-    ) -> std::io::Result<Vec<u8>> {
-        range_of(&self.get(id, loc, len)?, range)
+    ) -> std::io::Result<ObjectBytes> {
+        range_of(self.get(id, loc, len)?, range)
     }
     /// Deletes a loose object (packed objects are reclaimed by repacking).
     fn delete(&self, id: &ChunkId) -> std::io::Result<()>;
@@ -135,10 +135,16 @@ impl std::ops::DerefMut for ObjectBytes {
     }
 }
 
-/// Bytes `range` of a whole object (for backends that cannot read part of one).
-pub(crate) fn range_of(whole: &[u8], range: std::ops::Range<usize>) -> std::io::Result<Vec<u8>> {
-    whole
-        .get(range)
-        .map(<[u8]>::to_vec)
-        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+/// Bytes `range` of a whole object (for backends that cannot read part of one), in the
+/// object's own buffer.
+pub(crate) fn range_of(
+    whole: ObjectBytes,
+    range: std::ops::Range<usize>,
+) -> std::io::Result<ObjectBytes> {
+    if range.start > range.end || range.end > whole.len() {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let (mut buf, start) = whole.into_parts();
+    buf.truncate(start + range.end);
+    Ok(ObjectBytes::new(buf, start + range.start))
 }
