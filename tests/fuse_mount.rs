@@ -464,13 +464,12 @@ fn mount_dash_t_fuse_spacefs() {
     );
     assert!(is_mounted(&s.mnt));
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    // The kernel mount is type `fuse` with the store as its source (pure-Rust mount).
+    // The store is the source and the type is `fuse.spacefs`, as fstab names it.
     let canon = s.store.canonicalize().unwrap();
+    let line = format!("{} {} fuse.spacefs ", canon.display(), s.mnt.display());
     assert!(
-        mounts
-            .lines()
-            .any(|l| l.starts_with(canon.to_str().unwrap()) && l.contains(s.mnt.to_str().unwrap())),
-        "{mounts}"
+        mounts.lines().any(|l| l.starts_with(&line)),
+        "{line}\n{mounts}"
     );
     write(&s.mnt.join("x"), b"via mount(8)");
     let o = Command::new("umount").arg(&s.mnt).output().unwrap();

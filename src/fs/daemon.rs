@@ -34,7 +34,10 @@ pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
             let canon = store.canonicalize().unwrap_or_else(|_| store.to_path_buf());
             canon.display().to_string()
         })),
-        MountOption::Subtype("spacefs".into()),
+        // As a kernel option, not fuser's Subtype: fuser hands that only to fusermount3, so
+        // a mount by root (the mount syscall) showed type `fuse` in /proc/mounts, not
+        // `fuse.spacefs`. fusermount3 accepts it as an ordinary option too.
+        MountOption::CUSTOM("subtype=spacefs".into()),
         // Permission checks by the kernel on mode bits, always (docs/SEMANTICS.md).
         MountOption::DefaultPermissions,
     ];
