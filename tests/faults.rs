@@ -537,3 +537,53 @@ fn a_killed_get_leaves_no_partial_output() {
     }
     assert!(killed_midway, "spacectl get finished before every kill");
 }
+
+/// fsck names every capsule that uses each damaged chunk, with the offset, and no other:
+/// a chunk shared by two capsules (dedup) names both.
+#[test]
+fn fsck_names_the_users_of_each_damaged_chunk() {
+    let (_t, dir) = common::new_store();
+    let shared = common::random_bytes(2 << 20, 21);
+    let own = common::random_bytes(2 << 20, 22);
+    let space = common::open(&dir);
+    for (path, data) in [("/a", &shared), ("/b", &shared), ("/c", &own)] {
+        space
+            .put(&mut &data[..], path, &PutOptions::default(), &|_| {})
+            .unwrap();
+    }
+    // The second chunk of /a (also /b's) and the second chunk of /c.
+    let second = |path: &str| {
+        let node = space.resolve(path).unwrap();
+        space.store.meta.extents_from(node.ino, 0, 2).unwrap()[1]
+    };
+    let (ab, c) = (second("/a"), second("/c"));
+    for e in [ab, c] {
+        let located = space.store.meta.chunk_location(&e.chunk).unwrap().unwrap();
+        let loc = located.loc.expect("packed");
+        let pack = dir.join("packs").join(format!("{:016x}.pack", loc.pack));
+        let mut bytes = std::fs::read(&pack).unwrap();
+        bytes[(loc.offset + located.stored_len as u64 / 2) as usize] ^= 0x04;
+        std::fs::write(&pack, &bytes).unwrap();
+    }
+    drop(space);
+
+    let report = common::open(&dir).fsck(&|_, _| {}).unwrap();
+    assert_eq!(report.bad_chunks.len(), 2, "{report:?}");
+    let users = |id| {
+        let (_, _, users) = report.bad_chunks.iter().find(|b| b.0 == id).unwrap();
+        users.clone()
+    };
+    let ab_users = users(ab.chunk);
+    assert_eq!(ab_users.len(), 2, "{ab_users:?}");
+    assert!(ab_users[0].starts_with("capsule /a ("), "{ab_users:?}");
+    assert!(ab_users[1].starts_with("capsule /b ("), "{ab_users:?}");
+    let at = format!(" at offset {}", ab.offset);
+    assert!(ab_users.iter().all(|u| u.ends_with(&at)), "{ab_users:?}");
+    let c_users = users(c.chunk);
+    assert_eq!(c_users.len(), 1, "{c_users:?}");
+    assert!(
+        c_users[0].starts_with("capsule /c (")
+            && c_users[0].ends_with(&format!(" at offset {}", c.offset)),
+        "{c_users:?}"
+    );
+}

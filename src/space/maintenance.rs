@@ -69,24 +69,20 @@ impl Space {
                 Ok(plain) => {
                     report.bytes_checked += plain.len() as u64;
                     if plain.len() as u64 != row.plain_len {
-                        report.bad_chunks.push((
-                            row.id,
-                            "length differs from metadata".into(),
-                            self.referrer_names(&row.id),
-                        ));
+                        let reason = "length differs from metadata".into();
+                        report.bad_chunks.push((row.id, reason, Vec::new()));
                     }
                 }
                 Err(SpaceError::Integrity { reason, .. }) => {
                     log::error!("fsck: chunk {} is damaged: {reason}", row.id);
-                    report
-                        .bad_chunks
-                        .push((row.id, reason, self.referrer_names(&row.id)));
+                    report.bad_chunks.push((row.id, reason, Vec::new()));
                 }
                 Err(e) => return Err(e),
             }
             report.chunks_checked += 1;
             progress(report.chunks_checked, total);
         }
+        self.name_referrers(&mut report.bad_chunks);
         let objects = self
             .store
             .chunks
@@ -109,15 +105,22 @@ impl Space {
         Ok(report)
     }
 
-    /// "capsule /path (uuid) at offset N" for each use of a chunk.
-    fn referrer_names(&self, id: &ChunkId) -> Vec<String> {
-        let refs = self.store.meta.referrers(id).unwrap_or_default();
-        refs.into_iter()
-            .map(|(ino, off)| match self.store.meta.get(ino).ok().flatten() {
-                Some(n) => format!("{} at offset {off}", self.describe(&n)),
-                None => format!("inode {ino} at offset {off}"),
-            })
-            .collect()
+    /// Fills in, for each damaged chunk, "capsule /path (uuid) at offset N" for each use of
+    /// it (one pass over the extents for all of them).
+    fn name_referrers(&self, bad: &mut [(ChunkId, String, Vec<String>)]) {
+        let ids: Vec<ChunkId> = bad.iter().map(|(id, _, _)| *id).collect();
+        let mut refs = self.store.meta.referrers(&ids).unwrap_or_default();
+        for (id, _, names) in bad.iter_mut() {
+            *names = refs
+                .remove(id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(ino, off)| match self.store.meta.get(ino).ok().flatten() {
+                    Some(n) => format!("{} at offset {off}", self.describe(&n)),
+                    None => format!("inode {ino} at offset {off}"),
+                })
+                .collect();
+        }
     }
 
     /// Removes unreferenced chunks, orphan objects and temporaries. Holds the store lock

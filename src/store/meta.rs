@@ -517,9 +517,13 @@ pub trait MetaStore: Send + Sync {
     fn stats(&self) -> Result<MetaStats>;
     /// All chunk rows (gc, fsck).
     fn chunk_rows(&self) -> Result<Vec<ChunkRow>>;
-    /// Every (ino, extent) referencing `chunk` (to name damaged capsules). Reads every extent:
-    /// meant for error reports, not for a loop over many chunks.
-    fn referrers(&self, chunk: &ChunkId) -> Result<Vec<(Ino, u64)>>;
+    /// Every (ino, extent offset) referencing each of `chunks`, in (ino, offset) order (to
+    /// name damaged capsules). One pass over every extent, whatever the number of chunks:
+    /// extents have no index by chunk.
+    fn referrers(
+        &self,
+        chunks: &[ChunkId],
+    ) -> Result<std::collections::HashMap<ChunkId, Vec<(Ino, u64)>>>;
     /// Deletes, in one transaction, the rows of chunks with refcount <= 0 that no extent names
     /// (and their inline objects); returns the rows deleted.
     fn delete_unreferenced_chunks(&self) -> Result<Vec<ChunkRow>>;

@@ -2150,16 +2150,33 @@ impl MetaStore for SqliteMeta {
         })
     }
 
-    fn referrers(&self, chunk: &ChunkId) -> Result<Vec<(Ino, u64)>> {
+    fn referrers(
+        &self,
+        chunks: &[ChunkId],
+    ) -> Result<std::collections::HashMap<ChunkId, Vec<(Ino, u64)>>> {
+        let mut found: std::collections::HashMap<ChunkId, Vec<(Ino, u64)>> =
+            chunks.iter().map(|c| (*c, Vec::new())).collect();
+        if chunks.is_empty() {
+            return Ok(found);
+        }
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT ino, offset FROM extents WHERE chunk=?1 ORDER BY ino, offset",
-            )?;
-            let rows = st.query_map([chunk.0.to_vec()], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
+            let mut st = c.prepare("SELECT ino, offset, chunk FROM extents")?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let Ok(id) = <[u8; 32]>::try_from(r.get_ref(2)?.as_blob().unwrap_or_default())
+                else {
+                    continue; // not a chunk id (fsck's metadata check reports it)
+                };
+                if let Some(list) = found.get_mut(&ChunkId(id)) {
+                    list.push((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64));
+                }
+            }
+            Ok(())
+        })?;
+        for list in found.values_mut() {
+            list.sort_unstable();
+        }
+        Ok(found)
     }
 
     fn delete_unreferenced_chunks(&self) -> Result<Vec<ChunkRow>> {
