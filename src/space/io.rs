@@ -218,20 +218,7 @@ impl Space {
     /// Holds the store lock (shared, as writers do) until dropped: objects stored ahead of their
     /// metadata commit (see [`Space::store_prefix`]) must not be collected by a concurrent gc.
     pub fn hold_for_writing(&self) -> Result<WriteHold> {
-        let path = self.store.dir.join("lock");
-        let file =
-            std::fs::File::open(&path).map_err(|e| SpaceError::io("opening store lock", e))?;
-        loop {
-            // SAFETY: flock on a descriptor we own.
-            let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_SH) };
-            if r == 0 {
-                return Ok(WriteHold(file));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(SpaceError::io("locking store", e));
-            }
-        }
+        self.store.hold_shared().map(WriteHold)
     }
 
     /// Stores, ahead of the commit, the leading chunks of new content for `node` (which must

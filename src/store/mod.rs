@@ -205,6 +205,11 @@ impl Store {
         self.lock.acquire(mode)
     }
 
+    /// The shared lock on a descriptor of its own, held until the file is closed.
+    pub fn hold_shared(&self) -> Result<std::fs::File> {
+        self.lock.hold_shared()
+    }
+
     pub fn artifacts_dir(&self) -> PathBuf {
         self.dir.join(ARTIFACTS_DIR)
     }
