@@ -35,20 +35,8 @@ else
 fi
 ONLY="${ONLY:-space gocrypt}"   # ONLY=space skips gocryptfs (its columns then read 0)
 
-cleanup() {
-    for m in "$WORK/space.mnt" "$WORK/gocrypt.mnt"; do
-        mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-cleanup
-mkdir -p "$WORK"/{space.mnt,gocrypt.mnt,gocrypt.cipher}
-"$SPACECTL" init "$WORK/space.store" >/dev/null
-"$SPACEFS" "$WORK/space.store" "$WORK/space.mnt"
-echo bench-passphrase > "$WORK/pass"
-gocryptfs -q -init -passfile "$WORK/pass" "$WORK/gocrypt.cipher" >/dev/null
-gocryptfs -q -passfile "$WORK/pass" "$WORK/gocrypt.cipher" "$WORK/gocrypt.mnt"
+# shellcheck source=side_by_side.sh
+. "$ROOT/benches/side_by_side.sh"
 
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
