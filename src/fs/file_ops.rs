@@ -135,8 +135,9 @@ impl SpaceFs {
             return Ok(());
         }
         let to = buf.size();
+        // The previous batch's buffer, reused: only bytes past its old length are zeroed
+        // first (all are overwritten by the read below).
         let mut data = std::mem::take(&mut st.spare_batch);
-        data.clear();
         data.resize((to - from) as usize, 0);
         let mut nobase = |_: u64, _: &mut [u8]| -> std::io::Result<()> {
             Err(std::io::Error::other("append-only overlay read its base"))

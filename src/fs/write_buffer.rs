@@ -205,10 +205,17 @@ impl WriteBuffer {
                     let pos = offset + done as u64;
                     let (page, within) = (pos / PAGE, (pos % PAGE) as usize);
                     let n = (PAGE as usize - within).min(data.len() - done);
-                    let p = m
-                        .entry(page)
-                        .or_insert_with(|| vec![0u8; PAGE as usize].into_boxed_slice());
-                    p[within..within + n].copy_from_slice(&data[done..done + n]);
+                    let bytes = &data[done..done + n];
+                    match m.entry(page) {
+                        // A new page the write covers whole (appends of whole pages): copied,
+                        // not zeroed first.
+                        std::collections::hash_map::Entry::Vacant(v) if n == PAGE as usize => {
+                            v.insert(bytes.into());
+                        }
+                        e => e.or_insert_with(|| vec![0u8; PAGE as usize].into_boxed_slice())
+                            [within..within + n]
+                            .copy_from_slice(bytes),
+                    }
                     done += n;
                 }
                 Ok(())
