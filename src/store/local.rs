@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -236,13 +236,18 @@ impl LocalBackend {
         let (pack, pad_from, at) = self.reserve(dir, record, phase)?;
         lock(&self.dirty_packs).insert(pack.id, Arc::clone(&pack));
         let pad = (at - pad_from) as usize;
-        let mut buf = Vec::with_capacity(pad + record as usize);
-        buf.resize(pad, 0);
-        buf.extend_from_slice(PACK_RECORD_MAGIC);
-        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&id.0);
-        buf.extend_from_slice(bytes);
-        pack.file.write_all_at(&buf, pad_from)?;
+        let mut header = [0u8; PACK_RECORD_HEADER as usize];
+        header[..4].copy_from_slice(PACK_RECORD_MAGIC);
+        header[4..8].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        header[8..].copy_from_slice(&id.0);
+        // Padding, header and object in one write, gathered (not copied into one buffer: that
+        // copy, and the page faults of a fresh buffer per object, were ~6% of the daemon's
+        // CPU time in a 1 GiB write to a mount).
+        const ZEROS: [u8; PACK_ALIGN as usize] = [0; PACK_ALIGN as usize];
+        let padding = ZEROS
+            .get(..pad)
+            .ok_or_else(|| io::Error::other("pack padding past a page"))?;
+        write_all_vectored_at(&pack.file, &[padding, &header, bytes], pad_from)?;
         // Start writeback early (asynchronously), so the sync before the commit is short.
         let end = at + record;
         let from = pack.flushed_to.load(Ordering::Relaxed);
@@ -493,6 +498,53 @@ fn name_short_pack(e: io::Error, loc: PackLoc) -> io::Error {
         ),
         _ => e,
     }
+}
+
+/// Writes all of `parts`, one after the other, at `offset` (pwritev, resumed after short
+/// writes).
+fn write_all_vectored_at(f: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0usize;
+    while done < total {
+        // The parts not yet written whole, the first one from where the last write stopped.
+        let mut skip = done;
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .filter_map(|p| {
+                if skip >= p.len() {
+                    skip -= p.len();
+                    return None;
+                }
+                let rest = &p[skip..];
+                skip = 0;
+                Some(libc::iovec {
+                    iov_base: rest.as_ptr() as *mut libc::c_void,
+                    iov_len: rest.len(),
+                })
+            })
+            .take(libc::UIO_MAXIOV as usize)
+            .collect();
+        // SAFETY: every iovec points into a live slice of `parts`, which the kernel only reads.
+        let n = unsafe {
+            libc::pwritev(
+                f.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads exactly `len` bytes at `offset` into a new buffer without zero-filling it first
@@ -756,6 +808,26 @@ impl ChunkBackend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn gathered_writes_land_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        write_all_vectored_at(&f, &[b"", b"abc", &big, b"", b"z"], 5).unwrap();
+        let mut want = vec![0u8; 5];
+        want.extend_from_slice(b"abc");
+        want.extend_from_slice(&big);
+        want.push(b'z');
+        assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), want);
+    }
 
     /// Drops `path`'s clean pages from the page cache.
     fn evict(path: &Path) {
