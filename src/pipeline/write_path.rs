@@ -135,10 +135,7 @@ fn write_inline(
     let mut seq = 0u64;
     // The slice chunker cuts exactly where the streaming one does, without the streaming
     // one's zero-filled buffer of `max_size` bytes (most of a small file's commit).
-    let (min, avg, max) = cut_sizes(chunking);
-    let cuts =
-        fastcdc::v2020::FastCDC::with_level_and_seed(data, min, avg, max, LEVEL, seed(store));
-    for c in cuts {
+    for c in slice_chunker(data, chunking, store) {
         let job = Job {
             seq,
             offset: c.offset as u64,
@@ -174,6 +171,16 @@ fn seed(store: &Store) -> u64 {
 fn chunker<R: Read>(input: R, chunking: Chunking, store: &Store) -> fastcdc::v2020::StreamCDC<R> {
     let (min, avg, max) = cut_sizes(chunking);
     fastcdc::v2020::StreamCDC::with_level_and_seed(input, min, avg, max, LEVEL, seed(store))
+}
+
+/// The chunker for input already in memory: cuts where [`chunker`] does, without copying.
+fn slice_chunker<'a>(
+    data: &'a [u8],
+    chunking: Chunking,
+    store: &Store,
+) -> fastcdc::v2020::FastCDC<'a> {
+    let (min, avg, max) = cut_sizes(chunking);
+    fastcdc::v2020::FastCDC::with_level_and_seed(data, min, avg, max, LEVEL, seed(store))
 }
 
 fn chunking_error(e: fastcdc::v2020::Error) -> SpaceError {
@@ -326,21 +333,10 @@ fn produce<'a>(
             c.map(|c| (c.offset, std::borrow::Cow::Owned(c.data)))
                 .map_err(chunking_error)
         })),
-        Input::Slice(data) => {
-            let (min, avg, max) = cut_sizes(chunking);
-            let cuts = fastcdc::v2020::FastCDC::with_level_and_seed(
-                data,
-                min,
-                avg,
-                max,
-                LEVEL,
-                seed(store),
-            );
-            Box::new(cuts.map(move |c| {
-                let bytes = &data[c.offset..c.offset + c.length];
-                Ok((c.offset as u64, std::borrow::Cow::Borrowed(bytes)))
-            }))
-        }
+        Input::Slice(data) => Box::new(slice_chunker(data, chunking, store).map(move |c| {
+            let bytes = &data[c.offset..c.offset + c.length];
+            Ok((c.offset as u64, std::borrow::Cow::Borrowed(bytes)))
+        })),
     };
     let mut chunks = chunks.peekable();
     while let Some(c) = chunks.next() {

@@ -72,13 +72,13 @@ fn try_flock(file: &File, op: libc::c_int) -> Result<bool> {
     }
 }
 
-fn create(path: &Path) -> Result<()> {
+/// Opens `path`, creating it if missing.
+fn create(path: &Path) -> Result<File> {
     std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .map(drop)
         .map_err(|e| SpaceError::io(format!("lock file {}", path.display()), e))
 }
 
@@ -88,8 +88,7 @@ impl StoreLock {
         gate_path.push(".gate");
         let gate_path = PathBuf::from(gate_path);
         create(path)?;
-        create(&gate_path)?;
-        let gate = File::open(&gate_path).map_err(|e| SpaceError::io("opening store lock", e))?;
+        let gate = create(&gate_path)?;
         Ok(StoreLock {
             path: path.to_path_buf(),
             gate_path,
