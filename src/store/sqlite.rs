@@ -908,9 +908,9 @@ fn touch_dir(tx: &Connection, dir: Ino, t: TimeNs) -> Result<()> {
     Ok(())
 }
 
-/// Inserts a node; `ino` None takes the next free number (replayed records give theirs).
-/// Inserts node `new` (with inode number `ino`, or the next free one) and returns it as
-/// written, so callers need not read it back.
+/// Inserts node `new` with inode number `ino` (replayed records give theirs), or else one
+/// never used before ([`next_free_ino`]), and returns it as written, so callers need not read
+/// it back.
 fn insert_node(
     tx: &Connection,
     new: &NewNode,
@@ -938,6 +938,11 @@ fn insert_node(
             _ => 0,
         },
     };
+    let ino = match ino {
+        Some(i) => i,
+        None => next_free_ino(tx)?,
+    };
+    note_ino_used(tx, ino)?;
     exec(tx,
         "INSERT INTO nodes (uuid, kind, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, version, policy, target, rdev, ino)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -954,11 +959,36 @@ fn insert_node(
             node.policy,
             node.target,
             node.rdev as i64,
-            ino.map(|i| i as i64)
+            ino as i64
         ],
     )?;
-    node.ino = tx.last_insert_rowid() as u64;
+    node.ino = ino;
     Ok(node)
+}
+
+/// The number for a new node: one no node of this store ever had. SQLite alone would give the
+/// highest number again once that node is deleted, and a mount's kernel may still hold the
+/// deleted node's inode under it (until it forgets it): it then takes the new node for the
+/// old one, and concurrent creates and removes fail with EEXIST or ESTALE. The high-water
+/// mark is `next_ino` in `meta` (docs/FORMAT.md); stores from before it start from the
+/// highest number in use.
+fn next_free_ino(tx: &Connection) -> Result<Ino> {
+    let mut q = tx.prepare_cached(
+        "SELECT MAX(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key='next_ino'), 0),
+                    COALESCE((SELECT MAX(ino) FROM nodes), 0) + 1)",
+    )?;
+    Ok(q.query_row([], |r| r.get::<_, i64>(0))? as Ino)
+}
+
+/// Raises the high-water mark of [`next_free_ino`] past `ino`.
+fn note_ino_used(tx: &Connection, ino: Ino) -> Result<()> {
+    let mut q = tx.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('next_ino', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value
+         WHERE CAST(meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+    )?;
+    q.execute([(ino + 1).to_string()])?;
+    Ok(())
 }
 
 /// Drops a node's chunk references (its content is going away or being replaced).
@@ -2306,6 +2336,33 @@ mod tests {
             m.commit_deferred().unwrap();
             assert_eq!(Some(made.clone()), m.get(made.ino).unwrap(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn inode_numbers_are_never_used_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let mut seen = std::collections::HashSet::new();
+        {
+            let m = SqliteMeta::open(&path, 0, 0).unwrap();
+            for i in 0..5 {
+                // The newest node is the one with the highest number: SQLite's own choice
+                // would hand its number out again.
+                let d = m.create(ROOT_INO, b"d", new(NodeKind::Dir, 0)).unwrap();
+                let f = m.create(ROOT_INO, b"f", new(NodeKind::File, 0)).unwrap();
+                assert!(
+                    seen.insert(d.ino) && seen.insert(f.ino),
+                    "round {i}: {seen:?}"
+                );
+                m.unlink(ROOT_INO, b"f").unwrap();
+                m.rmdir(ROOT_INO, b"d").unwrap();
+            }
+            m.commit_deferred().unwrap();
+        }
+        // Also after reopening (the mark is stored).
+        let m = SqliteMeta::open(&path, 0, 0).unwrap();
+        let n = m.create(ROOT_INO, b"n", new(NodeKind::File, 0)).unwrap();
+        assert!(!seen.contains(&n.ino), "{} reused", n.ino);
     }
 
     #[test]

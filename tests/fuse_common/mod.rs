@@ -331,3 +331,35 @@ pub fn stat_value(mnt: &Path, key: &str) -> u64 {
         .parse()
         .unwrap()
 }
+
+/// `threads` threads each create and remove `rounds` directory trees (a directory, a
+/// subdirectory and a file) side by side in `dir`; returns every error they met. A filesystem
+/// must give none: the names never collide.
+pub fn churn_in_one_directory(dir: &Path, threads: usize, rounds: usize) -> Vec<String> {
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let dir = dir.to_path_buf();
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                for i in 0..rounds {
+                    let d = dir.join(format!("t{t}-{i}"));
+                    let r = std::fs::create_dir(&d)
+                        .and_then(|_| std::fs::create_dir(d.join("sub")))
+                        .and_then(|_| std::fs::write(d.join("sub/f"), b"x"))
+                        .and_then(|_| std::fs::metadata(d.join("sub/f")))
+                        .and_then(|_| std::fs::remove_file(d.join("sub/f")))
+                        .and_then(|_| std::fs::remove_dir(d.join("sub")))
+                        .and_then(|_| std::fs::remove_dir(&d));
+                    if let Err(e) = r {
+                        errors.push(format!("thread {t} round {i}: {e}"));
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect()
+}
