@@ -6,6 +6,7 @@
 # runtime in spacefs and IDENTITY_WASM=/abs/identity.wasm), and daemon RSS while streaming a
 # BIG_MIB capsule through a transform. Page cache is dropped before every read phase.
 # Prints a Markdown table (ratios are SPACE/gocryptfs throughput: >1 means spacefs is faster).
+# SPACEFS_OPTS=io_uring mounts spacefs with FUSE over io_uring (turning fuse.enable_uring on).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD

@@ -8,6 +8,7 @@
 # reads/s, the disk's read requests and KiB per read (/proc/diskstats of the disk under
 # WORKDIR) and, for the two FUSE daemons, their CPU time per read (/proc/PID/stat).
 # BIN_DIR=/path uses the spacefs and spacectl found there (default: cargo build --release).
+# SPACEFS_OPTS=io_uring mounts spacefs with FUSE over io_uring (turning fuse.enable_uring on).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 WORK="${1:-/var/tmp/spacefs-random-reads}"

@@ -3,6 +3,8 @@
 # tests/pjdfstest_expected_failures.txt: any new failure fails the run) and fsx (FSX_OPS
 # operations, default 100000, must not find a mismatch). Needs root and /dev/fuse; under CI=true
 # a missing prerequisite fails, otherwise it skips. Tools: `cargo install pjdfstest fsx`.
+# SPACEFS_OPTS adds mount options (`SPACEFS_OPTS=io_uring` runs both suites over FUSE over
+# io_uring, turning the fuse module parameter enable_uring on; it must then be served that way).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -21,6 +23,13 @@ skip() {
 
 [ "$(id -u)" -eq 0 ] || skip "needs root (pjdfstest switches users)"
 [ -e /dev/fuse ] || skip "/dev/fuse is missing"
+case ",${SPACEFS_OPTS:-}," in
+*,io_uring[,=]*)
+    p=/sys/module/fuse/parameters/enable_uring
+    [ -e $p ] || skip "this kernel has no FUSE over io_uring"
+    echo Y > $p || skip "cannot set $p"
+    ;;
+esac
 command -v pjdfstest >/dev/null || skip "pjdfstest not installed (cargo install pjdfstest)"
 command -v fsx >/dev/null || skip "fsx not installed (cargo install fsx)"
 
@@ -51,8 +60,15 @@ trap 'exit 130' INT TERM
 chmod 755 "$WORK"   # other users (pjdfstest) must reach the mount point
 mkdir -p "$MNT"
 "$SPACECTL" init "$WORK/store" >/dev/null
-"$SPACEFS" "$WORK/store" "$MNT" -o allow_other,log_file="$WORK/spacefs.log" \
+"$SPACEFS" "$WORK/store" "$MNT" -o "allow_other,log_file=$WORK/spacefs.log${SPACEFS_OPTS:+,$SPACEFS_OPTS}" \
     || skip "spacefs could not mount (see above)"
+case ",${SPACEFS_OPTS:-}," in
+*,io_uring[,=]*)
+    grep -qx 'fuse_transport: io_uring' "$MNT/.space/stats" \
+        || skip "-o io_uring is not served over io_uring here (see $WORK/spacefs.log)"
+    echo "== transport: io_uring"
+    ;;
+esac
 
 cat > "$WORK/pjdfstest.toml" <<TOML
 [features]
@@ -115,5 +131,8 @@ if ! "$SPACECTL" --store "$WORK/store" fsck >/dev/null; then
 fi
 if grep -q ' ERROR ' "$WORK/spacefs.log" 2>/dev/null; then
     echo "spacefs logged errors:"; grep ' ERROR ' "$WORK/spacefs.log" | head -20
+fi
+if [ -n "${SPACEFS_OPTS:-}" ] && [ "$status" -eq 0 ]; then
+    echo "posix-tests with -o ${SPACEFS_OPTS}: passed"
 fi
 exit $status

@@ -11,4 +11,6 @@ cargo test --workspace --lib --bins --tests --no-fail-fast "$@"
 cargo build --benches --quiet
 if [ -x scripts/posix-tests.sh ]; then
     scripts/posix-tests.sh
+    # Again over FUSE over io_uring (-o io_uring), the other request transport.
+    SPACEFS_OPTS=io_uring scripts/posix-tests.sh
 fi

@@ -14,25 +14,10 @@ use fuse_common::*;
 #[test]
 fn a_slow_request_does_not_hold_up_other_clients() {
     let s = scratch();
-    let spin = s.tmp.path().join("spin.wasm");
-    std::fs::write(
-        &spin,
-        wasm_common::bin(&wasm_common::with_process(
-            "(loop $l (br $l)) (i64.const 0)",
-        )),
-    )
-    .unwrap();
-    let o = spacectl(&s.store, &["module", "add", spin.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    put_with_policy(
-        &s,
-        "/slow",
-        b"some bytes",
-        Some(
-            "transform:\n  - name: spin\n    image: capsule://wasm/spin.wasm\n    \
-             resources:\n      timeout_ms: 3000\n",
-        ),
-    );
+    let spin = wasm_common::bin(&wasm_common::with_process(
+        "(loop $l (br $l)) (i64.const 0)",
+    ));
+    put_behind_module(&s, "spin", &spin, "/slow", b"some bytes", 3000);
     let Some(d) = Daemon::start(&s.store, &s.mnt, "threads=8") else {
         return;
     };

@@ -91,6 +91,9 @@ pub fn fuser_config(store: &Path, opts: &MountOptions) -> Config {
     };
     c.n_threads = Some(session_threads(opts));
     c.clone_fd = true;
+    c.io_uring = opts.io_uring.map(|n| fuser::UringConfig {
+        threads_per_queue: n,
+    });
     c
 }
 
@@ -126,10 +129,24 @@ fn new_session(
     opts: &MountOptions,
     config: &Config,
 ) -> std::io::Result<fuser::Session<FuseAdapter>> {
-    let adapter = FuseAdapter::new(fs, session_threads(opts));
+    let adapter = FuseAdapter::new(Arc::clone(&fs), session_threads(opts));
     let governor = adapter.governor();
     let session = fuser::Session::new(adapter, mountpoint, config)?;
-    governor.watch_queue(session.as_fd());
+    let (over_io_uring, served) = session.io_uring();
+    if over_io_uring {
+        // Each CPU's requests go to threads of their own there: nothing to govern.
+        governor.stop();
+        fs.stats.io_uring_requests.set(served).ok();
+    } else {
+        if opts.io_uring.is_some() {
+            log::warn!(
+                "io_uring: the kernel does not offer FUSE over io_uring (it needs Linux 6.14+ \
+                 built with CONFIG_FUSE_IO_URING and the fuse module parameter enable_uring=Y: \
+                 `echo Y > /sys/module/fuse/parameters/enable_uring`); serving through /dev/fuse"
+            );
+        }
+        governor.watch_queue(session.as_fd());
+    }
     Ok(session)
 }
 

@@ -23,11 +23,19 @@ unless -f. Unmount with `umount MOUNTPOINT`, `fusermount3 -u MOUNTPOINT`, or SIG
        key_file=FILE               key file instead of the store's own
        attr_timeout=SECONDS        how long the kernel caches attributes (default 1)
        threads=N                   request threads at most (default 8; idle ones park)
+       io_uring[=N]                serve requests over io_uring when the kernel offers it
+                                   (Linux 6.14+, fuse module parameter enable_uring=Y):
+                                   N threads per CPU (default 4); else /dev/fuse
        log_file=FILE               where a background daemon logs (default: nowhere)
        fsname=NAME                 source shown in /proc/mounts (default: STORE)
      ignored: auto, noauto, user, users, nouser, owner, group, nofail, _netdev, defaults,
               relatime, strictatime, lazytime, x-*, comment=*
 ";
+
+/// Threads per CPU queue with `-o io_uring`: requests made on one CPU are served by that
+/// CPU's queue only, so this many slow requests (a transform running to its deadline) from
+/// one CPU hold up the next one made there.
+pub const IO_URING_THREADS: usize = 4;
 
 /// Parsed `-o` options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,6 +49,8 @@ pub struct MountOptions {
     pub key_file: Option<PathBuf>,
     pub attr_timeout: Option<Duration>,
     pub threads: Option<usize>,
+    /// Serve requests over io_uring with this many threads per CPU, if the kernel offers it.
+    pub io_uring: Option<usize>,
     pub log_file: Option<PathBuf>,
     pub fsname: Option<String>,
 }
@@ -124,6 +134,17 @@ impl MountOptions {
                         .filter(|n| (1..=256).contains(n))
                         .ok_or_else(|| format!("threads=`{v}` must be 1..256"))?;
                     self.threads = Some(n);
+                }
+                "io_uring" => {
+                    let n = match value {
+                        None => IO_URING_THREADS,
+                        Some(v) => v
+                            .parse()
+                            .ok()
+                            .filter(|n| (1..=64).contains(n))
+                            .ok_or_else(|| format!("io_uring=`{v}` must be 1..64"))?,
+                    };
+                    self.io_uring = Some(n);
                 }
                 k if KERNEL_FLAGS.contains(&k) && value.is_none() => {
                     self.kernel_flags.push(k.to_string())
@@ -227,6 +248,14 @@ mod tests {
                 .contains("alow_other")
         );
         assert!(parse_args(&["/s", "/m", "-o", "threads=0"]).is_err());
+        assert!(parse_args(&["/s", "/m", "-o", "io_uring=0"]).is_err());
+        let io = |o: &str| match parse_args(&["/s", "/m", "-o", o]).unwrap() {
+            Parsed::Mount(c) => c.options.io_uring,
+            _ => unreachable!(),
+        };
+        assert_eq!(io("io_uring"), Some(IO_URING_THREADS));
+        assert_eq!(io("io_uring=2"), Some(2));
+        assert_eq!(io("rw"), None);
         assert!(parse_args(&["/s", "/m", "-o", "key_file"]).is_err());
         assert!(parse_args(&["/s", "/m", "-x"]).is_err());
         assert_eq!(parse_args(&["--help"]).unwrap(), Parsed::Help);

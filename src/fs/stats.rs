@@ -1,8 +1,8 @@
 //! Counters of the mounted filesystem, shown in `/.space/stats`, and the transform wrapper
 //! that counts chain calls and failures on both the read and the write side.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::Space;
 use crate::pipeline::transform::TransformFailure;
@@ -32,6 +32,8 @@ pub struct Stats {
     pub threads_parked: AtomicU64,
     /// Times the governor released a parked thread because requests waited unread.
     pub threads_released: AtomicU64,
+    /// Requests answered over io_uring (set when the session serves that way).
+    pub io_uring_requests: OnceLock<Arc<AtomicU64>>,
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -81,6 +83,13 @@ impl Stats {
             "session_threads_released",
             g(&self.threads_released).to_string(),
         );
+        match self.io_uring_requests.get() {
+            Some(served) => {
+                line("fuse_transport", "io_uring".into());
+                line("fuse_requests_io_uring", g(served).to_string());
+            }
+            None => line("fuse_transport", "/dev/fuse".into()),
+        }
         let hits = space.cache.hits.load(Ordering::Relaxed);
         let misses = space.cache.misses.load(Ordering::Relaxed);
         line("cache_hits", hits.to_string());

@@ -363,3 +363,24 @@ pub fn churn_in_one_directory(dir: &Path, threads: usize, rounds: usize) -> Vec<
         .flat_map(|w| w.join().unwrap())
         .collect()
 }
+
+/// Adds `wasm` as module `name` (capsule://wasm/NAME.wasm) and puts `data` at `dest` with an
+/// on-read chain of it that times out after `timeout_ms`.
+pub fn put_behind_module(
+    s: &Scratch,
+    name: &str,
+    wasm: &[u8],
+    dest: &str,
+    data: &[u8],
+    timeout_ms: u64,
+) {
+    let path = s.tmp.path().join(format!("{name}.wasm"));
+    std::fs::write(&path, wasm).unwrap();
+    let o = spacectl(&s.store, &["module", "add", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let policy = format!(
+        "transform:\n  - name: {name}\n    image: capsule://wasm/{name}.wasm\n    \
+         resources:\n      timeout_ms: {timeout_ms}\n"
+    );
+    put_with_policy(s, dest, data, Some(&policy));
+}
