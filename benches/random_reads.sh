@@ -16,15 +16,8 @@ SIZE_MIB="${SIZE_MIB:-1024}"
 READS="${READS:-20000}"
 ROUNDS="${ROUNDS:-6}"
 
-[ "$(id -u)" -eq 0 ] || { echo "run as root (drops caches, mounts)" >&2; exit 1; }
-command -v gocryptfs >/dev/null || { echo "gocryptfs not installed" >&2; exit 1; }
-if [ -n "${BIN_DIR:-}" ]; then
-    SPACEFS="$BIN_DIR/spacefs" SPACECTL="$BIN_DIR/spacectl"
-else
-    cargo build --release --quiet --bin spacefs --bin spacectl
-    SPACEFS="${CARGO_TARGET_DIR:-target}/release/spacefs"
-    SPACECTL="${CARGO_TARGET_DIR:-target}/release/spacectl"
-fi
+# shellcheck source=random_reads_setup.sh
+. benches/random_reads_setup.sh
 
 # shellcheck source=side_by_side.sh
 . benches/side_by_side.sh
