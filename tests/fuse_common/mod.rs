@@ -36,9 +36,15 @@ pub fn fuse_available() -> bool {
     } else {
         None
     };
+    runnable("FUSE tests", why)
+}
+
+/// Whether `what` can run: `why` says what is missing, which skips it with a printed reason,
+/// except under CI, where every test must run and a missing prerequisite panics.
+pub fn runnable(what: &str, why: Option<String>) -> bool {
     match why {
         None => true,
-        Some(w) if in_ci() => panic!("FUSE tests cannot run under CI: {w}"),
+        Some(w) if in_ci() => panic!("{what} cannot run under CI: {w}"),
         Some(w) => {
             eprintln!("SKIPPED: {w}");
             false
@@ -321,15 +327,20 @@ pub fn put_with_policy(s: &Scratch, dest: &str, data: &[u8], policy: Option<&str
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// A counter from the mount's `/.space/stats`.
-#[allow(dead_code)]
-pub fn stat_value(mnt: &Path, key: &str) -> u64 {
+/// A line's value from the mount's `/.space/stats`.
+pub fn stat_text(mnt: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(mnt.join(".space/stats")).unwrap();
     text.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}: ")))
         .unwrap_or_else(|| panic!("{key} missing from stats:\n{text}"))
-        .parse()
-        .unwrap()
+        .to_string()
+}
+
+/// A counter from the mount's `/.space/stats`.
+pub fn stat_value(mnt: &Path, key: &str) -> u64 {
+    let v = stat_text(mnt, key);
+    v.parse()
+        .unwrap_or_else(|_| panic!("stats {key}: `{v}` is not a number"))
 }
 
 /// `threads` threads each create and remove `rounds` directory trees (a directory, a

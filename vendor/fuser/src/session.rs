@@ -467,10 +467,8 @@ impl<FS: Filesystem> Session<FS> {
                     .is_ok()
             {
                 let page = page_size::get();
-                self.uring = Some(
-                    8192.max(config.max_write as usize)
-                        .max(config.max_pages() as usize * page),
-                );
+                self.uring =
+                    Some((config.max_write as usize).max(config.max_pages() as usize * page));
             }
 
             // Log capability status for debugging

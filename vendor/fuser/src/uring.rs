@@ -152,13 +152,12 @@ impl Slot {
         if total < OUT_HEADER_LEN || body > self.payload.len {
             // Not a reply the entry can carry: answer EIO instead of truncating it.
             error!("io_uring reply of {total} bytes does not fit its entry");
-            let mut out = [0u8; OUT_HEADER_LEN];
-            if let Some(first) = data.first() {
-                let n = first.len().min(OUT_HEADER_LEN);
-                out[..n].copy_from_slice(&first[..n]);
-            }
-            out[0..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
-            out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
+            // The request's id, from the reply's own out header.
+            let unique = data
+                .first()
+                .and_then(|h| h.get(8..16))
+                .map_or(0, |u| u64::from_ne_bytes(u.try_into().unwrap()));
+            let out = out_header(unique, -libc::EIO);
             // SAFETY: the header buffer holds HEADER_LEN bytes; nothing else touches it
             // while the entry's request is ours.
             unsafe {
@@ -231,8 +230,9 @@ impl Slot {
 }
 
 /// Starts `config.threads_per_queue` threads per CPU queue of the kernel's ring for the
-/// connection of `ch`, each registering one entry of `max_payload` bytes. `served` counts the
-/// requests they answer. The threads end when the connection does.
+/// connection of `ch`, each registering one entry of `max_payload` bytes (at least what the
+/// kernel accepts). `served` counts the requests they answer. The threads end when the
+/// connection does.
 pub(crate) fn start<FS: Filesystem>(
     config: UringConfig,
     ch: &Channel,
@@ -241,6 +241,7 @@ pub(crate) fn start<FS: Filesystem>(
     served: Arc<AtomicU64>,
 ) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
     let queues = possible_cpus()?;
+    let max_payload = max_payload.max(MIN_PAYLOAD);
     let mut threads = Vec::new();
     for qid in 0..queues {
         for k in 0..config.threads_per_queue.max(1) {
@@ -248,7 +249,7 @@ pub(crate) fn start<FS: Filesystem>(
             let event_loop = make_loop(name.clone());
             let slot = Arc::new(Slot {
                 header: RawBuf::new(4096),
-                payload: RawBuf::new(max_payload.max(MIN_PAYLOAD)),
+                payload: RawBuf::new(max_payload),
                 replied: Mutex::new(false),
                 reply_done: Condvar::new(),
                 channel: ch.sender(),
