@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # spacefs vs gocryptfs, side by side on the same disk (not a timed test; run by hand as root):
 #   benches/fuse_bench.sh [WORKDIR]        (SIZE_MIB=1024 SMALL_FILES=10000 BIG_MIB=4096 ROUNDS=4)
-# Measures: sequential write and read of SIZE_MIB of incompressible data, random 4 KiB reads,
+# Measures: sequential write and read of SIZE_MIB of incompressible data, random 4 KiB reads
+# (RANDOM_READS per mount, both mounts read in turns of short batches; see interleaved_reads.py),
 # create + read of SMALL_FILES small files, identity on-read chain vs no chain (needs a WASM
 # runtime in spacefs and IDENTITY_WASM=/abs/identity.wasm), and daemon RSS while streaming a
 # BIG_MIB capsule through a transform. Page cache is dropped before every read phase.
@@ -34,7 +35,8 @@ else
     SPACEFS="$TARGET/$PROFILE/spacefs"
     SPACECTL="$TARGET/$PROFILE/spacectl"
 fi
-ONLY="${ONLY:-space gocrypt}"   # ONLY=space skips gocryptfs (its columns then read 0)
+ONLY="${ONLY:-space gocrypt}"   # ONLY=space skips gocryptfs (its columns then read 1)
+RAND_FS=""; for fs in space gocrypt; do case " $ONLY " in *" $fs "*) RAND_FS="$RAND_FS $fs" ;; esac; done
 
 # shellcheck source=side_by_side.sh
 . "$ROOT/benches/side_by_side.sh"
@@ -66,17 +68,6 @@ for fs in $order; do
     R[$fs.seqw.$r]=$(mibps "$SIZE_MIB" "$t0" "$t1")
     drop; t0=$(now); cat "$M/big.bin" > /dev/null; t1=$(now)
     R[$fs.seqr.$r]=$(mibps "$SIZE_MIB" "$t0" "$t1")
-    drop
-    R[$fs.rand.$r]=$(python3 - "$M/big.bin" "$RANDOM_READS" <<'PY'
-import os, random, sys, time
-p, n = sys.argv[1], int(sys.argv[2])
-fd = os.open(p, os.O_RDONLY); size = os.fstat(fd).st_size
-rnd = random.Random(7); offs = [rnd.randrange(0, size // 4096) * 4096 for _ in range(n)]
-t = time.time()
-for o in offs: os.pread(fd, 4096, o)
-print(f"{n / (time.time() - t):.0f}")
-PY
-)
     mkdir "$M/small"
     t0=$(now)
     python3 - "$M/small" "$SMALL_FILES" <<'PY'
@@ -97,8 +88,15 @@ PY
     R[$fs.smallr.$r]=$(python3 -c "print(f'{$SMALL_FILES/($t3-$t2):.0f}')")
     # Each round's own figures, on stderr as it goes (the table below has medians and ratios).
     echo "round $r $fs: write ${R[$fs.seqw.$r]} MiB/s, read ${R[$fs.seqr.$r]} MiB/s," \
-        "random ${R[$fs.rand.$r]}/s, create ${R[$fs.smallc.$r]}/s, open+read ${R[$fs.smallr.$r]}/s" >&2
+        "create ${R[$fs.smallc.$r]}/s, open+read ${R[$fs.smallr.$r]}/s" >&2
 done
+# Random reads from both mounts at once, in turns of short batches (interleaved_reads.py): a
+# single 0.1-0.4 s stall of this VM moved a whole sequential run's total by 10-30%.
+drop
+paths=(); for fs in $RAND_FS; do paths+=("$WORK/$fs.mnt/big.bin"); done
+read -r -a rates < <(python3 benches/interleaved_reads.py read "$r" "$RANDOM_READS" "$WORK/batches" "${paths[@]}")
+i=0; for fs in $RAND_FS; do R[$fs.rand.$r]=${rates[$i]}; i=$((i + 1)); done
+echo "round $r random 4 KiB reads, interleaved: $(for fs in $RAND_FS; do echo -n "$fs ${R[$fs.rand.$r]}/s "; done)" >&2
 done
 
 # median of one figure over the rounds; "each" = every round's SPACE/gocryptfs ratio
@@ -113,7 +111,15 @@ echo "| workload | spacefs | gocryptfs | SPACE/gocryptfs | each round |"
 echo "|---|---|---|---|---|"
 echo "| sequential write ${SIZE_MIB} MiB (MiB/s) | ${R[space.seqw]} | ${R[gocrypt.seqw]} | $(ratio "${R[space.seqw]}" "${R[gocrypt.seqw]}") | $(each seqw) |"
 echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[gocrypt.seqr]} | $(ratio "${R[space.seqr]}" "${R[gocrypt.seqr]}") | $(each seqr) |"
-echo "| random 4 KiB reads, cold (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | $(ratio "${R[space.rand]}" "${R[gocrypt.rand]}") | $(each rand) |"
+# Random reads: the ratio is the median over all batches of gocryptfs's batch time / spacefs's
+# (95% bootstrap interval in brackets); "each round" is each round's median of them.
+if [ "$RAND_FS" = " space gocrypt" ]; then
+    rand_ratio=$(python3 benches/interleaved_reads.py ratio "$WORK/batches" 0 1)
+    rand_each=$(for r in $(seq "$ROUNDS"); do python3 benches/interleaved_reads.py ratio "$WORK/batches" 0 1 "$r"; done | paste -sd, | sed 's/,/, /g')
+else
+    rand_ratio="" rand_each=""
+fi
+echo "| random 4 KiB reads, cold, interleaved (IOPS) | ${R[space.rand]} | ${R[gocrypt.rand]} | ${rand_ratio} | ${rand_each} |"
 echo "| create+read ${SMALL_FILES} small files (files/s) | ${R[space.small]} | ${R[gocrypt.small]} | $(ratio "${R[space.small]}" "${R[gocrypt.small]}") | $(each small) |"
 echo "| ... of which create (files/s) | ${R[space.smallc]} | ${R[gocrypt.smallc]} | $(ratio "${R[space.smallc]}" "${R[gocrypt.smallc]}") | $(each smallc) |"
 echo "| ... of which open+read, cold (files/s) | ${R[space.smallr]} | ${R[gocrypt.smallr]} | $(ratio "${R[space.smallr]}" "${R[gocrypt.smallr]}") | $(each smallr) |"

@@ -4,10 +4,12 @@
 # run by hand as root):
 #   benches/random_reads_interleaved.sh [WORKDIR]     (SIZE_MIB=1024 READS=10000 ROUNDS=6)
 # This VM's speed drifts within seconds, so runs taken one after the other (random_reads.sh)
-# compare different moments. Here one Python process reads from all four in batches of 250
-# preads, in a new random order per batch, and sums each one's time: every file system sees
-# the same moments. Each round drops the page cache first and reads READS random 4 KiB blocks
-# per file system (different blocks, same distribution). Turns fuse.enable_uring on.
+# compare different moments. Here one Python process (interleaved_reads.py) reads from all four
+# in batches of 250 preads, in a new random order per batch: every file system sees the same
+# moments, and batches taken side by side are compared one by one, so a stall of the VM moves
+# one batch's ratio, not the round's. Each round drops the page cache first and reads READS
+# random 4 KiB blocks per file system (different blocks, same distribution). Turns
+# fuse.enable_uring on.
 # BIN_DIR=/path uses the spacefs and spacectl found there (default: cargo build --release).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -47,43 +49,30 @@ for n in $NAMES; do cp "$WORK/src.bin" "$WORK/$n.mnt/big.bin"; done
 rm "$WORK/src.bin"
 sync
 
+FILES=(); for n in $NAMES; do FILES+=("$WORK/$n.mnt/big.bin"); done
 for r in $(seq "$ROUNDS"); do
     sync; echo 3 > /proc/sys/vm/drop_caches
-    python3 - "$WORK" "$READS" "$r" $NAMES <<'PY'
-import os, random, sys, time
-work, n, seed, names = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-fds = [os.open(f"{work}/{x}.mnt/big.bin", os.O_RDONLY) for x in names]
-blocks = os.fstat(fds[0]).st_size // 4096
-rnd = random.Random(seed)
-offs = [[rnd.randrange(blocks) * 4096 for _ in range(n)] for _ in names]
-took = [0.0] * len(names)
-for b in range(0, n, 250):
-    order = list(range(len(names)))
-    rnd.shuffle(order)
-    for i in order:
-        fd, t = fds[i], time.perf_counter()
-        for o in offs[i][b:b + 250]:
-            os.pread(fd, 4096, o)
-        took[i] += time.perf_counter() - t
-rate = {x: n / t for x, t in zip(names, took)}
-print(f"{seed} " + " ".join(f"{rate[x]:.0f}" for x in names), flush=True)
-PY
+    echo "$r $(python3 benches/interleaved_reads.py read "$r" "$READS" "$WORK/batches" "${FILES[@]}")"
 done | tee "$WORK/rounds" | while read -r r d u g p; do
     echo "round $r: spacefs /dev/fuse $d/s, spacefs io_uring $u/s, gocryptfs $g/s, plain $p/s" >&2
 done
 
-python3 - "$WORK/rounds" "$READS" "$SIZE_MIB" <<'PY'
+# Batch by batch (columns: 0 /dev/fuse, 1 io_uring, 2 gocryptfs): over all rounds the median
+# ratio with its 95% bootstrap interval, and each round's median.
+ratio() { python3 benches/interleaved_reads.py ratio "$WORK/batches" "$@"; }
+each() { for r in $(seq "$ROUNDS"); do ratio "$1" "$2" "$r"; done | paste -sd, | sed 's/,/, /g'; }
+python3 - "$WORK/rounds" "$READS" "$SIZE_MIB" "$(ratio 0 2)" "$(ratio 1 2)" "$(each 0 2)" "$(each 1 2)" "$(each 0 1)" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split()[1:])) for l in open(sys.argv[1])]
 d, u, g, p = zip(*rows)
 med = statistics.median
-print(f"\nMedians of {len(rows)} rounds, {sys.argv[2]} cold random 4 KiB reads per file system and round "
-      f"of a {sys.argv[3]} MiB file, interleaved.\n")
+dev, uring, dev_each, uring_each, both_each = sys.argv[4:9]
+print(f"\n{len(rows)} rounds, {sys.argv[2]} cold random 4 KiB reads per file system and round "
+      f"of a {sys.argv[3]} MiB file, interleaved in batches of 250.\n")
 print("| | spacefs /dev/fuse | spacefs io_uring | gocryptfs | plain dir |")
 print("|---|---|---|---|---|")
-print(f"| reads/s | {med(d):.0f} | {med(u):.0f} | {med(g):.0f} | {med(p):.0f} |")
-r = lambda a, b: ", ".join(f"{x / y:.2f}" for x, y in zip(a, b))
-print(f"| / gocryptfs (median of rounds) | {med([x / y for x, y in zip(d, g)]):.2f} | {med([x / y for x, y in zip(u, g)]):.2f} | | |")
-print(f"| / gocryptfs, each round | {r(d, g)} | {r(u, g)} | | |")
-print(f"| io_uring / /dev/fuse, each round | | {r(u, d)} | | |")
+print(f"| reads/s (median of rounds) | {med(d):.0f} | {med(u):.0f} | {med(g):.0f} | {med(p):.0f} |")
+print(f"| / gocryptfs: median of batch ratios [95% interval] | {dev} | {uring} | | |")
+print(f"| / gocryptfs: each round's median | {dev_each} | {uring_each} | | |")
+print(f"| io_uring / /dev/fuse: each round's median | | {both_each} | | |")
 PY
