@@ -431,10 +431,17 @@ fn background_mode_returns_when_ready() {
 #[test]
 fn mount_dash_t_fuse_spacefs() {
     let s = scratch();
-    if !fuse_available() || which("mount.fuse3").is_none() && which("mount.fuse").is_none() {
+    if !fuse_available() {
         return;
     }
-    if unsafe { libc::geteuid() } != 0 {
+    let why = if which("mount.fuse3").is_none() && which("mount.fuse").is_none() {
+        Some("no mount.fuse3 (Debian package fuse3)".to_string())
+    } else if unsafe { libc::geteuid() } != 0 {
+        Some("mount(8) with a FUSE type needs root".to_string())
+    } else {
+        None
+    };
+    if !runnable("mount -t fuse.spacefs", why) {
         return;
     }
     // mount(8) runs helpers with a fixed PATH: put `spacefs` where mount.fuse3 finds it
