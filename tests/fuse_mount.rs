@@ -136,6 +136,25 @@ assert open('{m}/in/big','rb').read()==open('{t}/model','rb').read()
         .output()
         .unwrap();
     assert!(!bad.status.success(), "an invalid policy must be refused");
+    // As with `spacectl policy set`, a chain whose module cannot be loaded is refused too,
+    // and the policy in place stays.
+    let missing = Command::new("setfattr")
+        .args(["-n", "user.space.policy", "-v"])
+        .arg("transform: [{name: x, image: 'file:///nonexistent/x.wasm', trigger: on-read}]")
+        .arg(s.mnt.join("in"))
+        .output()
+        .unwrap();
+    assert!(
+        !missing.status.success(),
+        "a policy naming a missing module must be refused"
+    );
+    let kept = sh_out(&format!(
+        "getfattr -n user.space.policy --only-values {m}/in"
+    ));
+    assert!(
+        kept.contains("dedup: false") && !kept.contains("transform"),
+        "{kept}"
+    );
     let listed = sh_out(&format!("getfattr -d -m - {m}/a"));
     assert!(
         listed.contains("user.color") && listed.contains("user.space.id"),

@@ -112,6 +112,23 @@ fn wasm_chains_through_the_mount() {
         b"hello!",
         "the daemon still serves"
     );
+
+    // A chain attached with setfattr, as `spacectl policy set` would: its modules must load,
+    // and the next file created under the directory reads through it.
+    std::fs::create_dir(m.join("loud")).unwrap();
+    let set = |image: &str| {
+        std::process::Command::new("setfattr")
+            .args(["-n", "user.space.policy", "-v"])
+            .arg(format!("transform:\n  - name: up\n    image: {image}\n"))
+            .arg(m.join("loud"))
+            .status()
+            .unwrap()
+    };
+    assert!(!set("capsule://wasm/absent.wasm").success());
+    assert!(set("capsule://wasm/uppercase.wasm").success());
+    std::fs::write(m.join("loud/x"), b"quiet").unwrap();
+    assert_eq!(std::fs::read(m.join("loud/x")).unwrap(), b"QUIET");
+
     let stats = std::fs::read_to_string(m.join(".space/stats")).unwrap();
     assert!(stats.contains("trap"), "{stats}");
     assert!(d.unmount().success());

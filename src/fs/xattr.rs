@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 
 use super::inode_table::{InoKind, classify};
 use super::{FsResult, SpaceFs, errno};
+use crate::error::SpaceError;
 use crate::policy::Policy;
 use crate::store::meta::NodeKind;
 
@@ -115,10 +116,15 @@ impl SpaceFs {
                     return Err(libc::EPERM);
                 }
                 let text = std::str::from_utf8(value).map_err(|_| libc::EINVAL)?;
-                let policy = Policy::from_yaml(text).map_err(|e| {
-                    log::warn!("{}: rejected policy: {e}", self.space.describe(&node));
-                    libc::EINVAL
-                })?;
+                // As `spacectl policy set`: valid YAML whose modules resolve, verify and load;
+                // the reason goes to the log, as a setxattr can return only an errno.
+                let policy = Policy::from_yaml(text)
+                    .map_err(SpaceError::from)
+                    .and_then(|p| self.space.check_policy(&p).map(|()| p))
+                    .map_err(|e| {
+                        log::warn!("{}: rejected policy: {e}", self.space.describe(&node));
+                        libc::EINVAL
+                    })?;
                 self.space
                     .store
                     .meta
