@@ -116,8 +116,14 @@ impl UmountOnDrop {
 
 impl Drop for UmountOnDrop {
     fn drop(&mut self) {
-        if let Err(e) = self.umount() {
-            warn!("Failed to umount filesystem: {}", e);
+        match self.umount() {
+            Ok(()) => {}
+            // Unmounted already (by umount(8), fusermount3 -u or a signal handler's detach):
+            // nothing to do, as libfuse treats it.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                debug!("filesystem was unmounted already: {}", e);
+            }
+            Err(e) => warn!("Failed to umount filesystem: {}", e),
         }
     }
 }
