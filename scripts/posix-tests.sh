@@ -72,6 +72,7 @@ esac
 
 cat > "$WORK/pjdfstest.toml" <<TOML
 [features]
+posix_fallocate = {}
 utime_now = {}
 utimensat = {}
 rename_ctime = {}

@@ -229,6 +229,47 @@ fn uuid_like(s: &str) -> bool {
 }
 
 #[test]
+fn fallocate_extends_with_zeros() {
+    use std::os::fd::AsRawFd;
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    let path = s.mnt.join("pre");
+    std::fs::write(&path, b"head").unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let fd = f.as_raw_fd();
+    let falloc = |mode: i32, off: i64, len: i64| {
+        // SAFETY: plain syscall on a descriptor this test owns.
+        match unsafe { libc::fallocate(fd, mode, off, len) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().raw_os_error()),
+        }
+    };
+    // Mode 0 grows the file to offset + length with zeros, never shrinks it.
+    assert_eq!(falloc(0, 1 << 20, 1 << 20), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    assert_eq!(falloc(0, 0, 10), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    // KEEP_SIZE reserves nothing and changes nothing; holes and ranges are not supported.
+    assert_eq!(falloc(libc::FALLOC_FL_KEEP_SIZE, 0, 8 << 20), Ok(()));
+    assert_eq!(f.metadata().unwrap().len(), 2 << 20);
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    assert_eq!(falloc(punch, 0, 2), Err(Some(libc::EOPNOTSUPP)));
+    drop(f);
+    assert!(d.unmount().success());
+    let mut want = b"head".to_vec();
+    want.resize(2 << 20, 0);
+    let space = open(&s.store);
+    let node = space.resolve("/pre").unwrap();
+    assert_eq!(
+        space.read_all(&node, space::space::View::Raw).unwrap(),
+        want,
+        "committed at close"
+    );
+}
+
+#[test]
 fn unlinked_open_files_keep_working_until_closed() {
     let s = scratch();
     let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {

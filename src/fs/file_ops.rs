@@ -702,6 +702,32 @@ impl SpaceFs {
     /// truncate/ftruncate. Without a handle (`truncate(2)` by path) the change is committed
     /// before returning; through a handle it is committed with the handle's other writes.
     pub(crate) fn truncate(&self, ino: u64, size: u64, through_handle: bool) -> FsResult<()> {
+        self.resize(ino, size, through_handle, false)
+    }
+
+    /// fallocate(2) on an open file. Mode 0 extends the file with zeros to `offset + length`
+    /// if it is shorter (committed with the handle's writes, as ftruncate); KEEP_SIZE does
+    /// nothing. Neither reserves disk space: the store compresses and deduplicates, so what
+    /// a later write takes is not known in advance (docs/SEMANTICS.md). Punching holes,
+    /// zeroing, collapsing and inserting ranges are not supported (`EOPNOTSUPP`).
+    pub(crate) fn fallocate_file(
+        &self,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> FsResult<()> {
+        let end = offset.checked_add(length).ok_or(libc::EFBIG)?;
+        match mode {
+            0 => self.resize(ino, end, true, true),
+            libc::FALLOC_FL_KEEP_SIZE if end <= MAX_FILE_SIZE => Ok(()),
+            libc::FALLOC_FL_KEEP_SIZE => Err(libc::EFBIG),
+            _ => Err(libc::EOPNOTSUPP),
+        }
+    }
+
+    /// Sets the size of file `ino` (only if that grows it, with `grow_only`).
+    fn resize(&self, ino: u64, size: u64, through_handle: bool, grow_only: bool) -> FsResult<()> {
         if size > MAX_FILE_SIZE {
             return Err(libc::EFBIG);
         }
@@ -724,7 +750,7 @@ impl SpaceFs {
                 ));
             }
             let buf = self.ensure_buffer(&mut st)?;
-            if buf.size() == size && buf.is_pristine() {
+            if (buf.size() == size && buf.is_pristine()) || (grow_only && buf.size() >= size) {
                 return Ok(());
             }
             buf.truncate(size)
@@ -741,7 +767,7 @@ impl SpaceFs {
             }
             return Ok(());
         }
-        if size == node.size && !chains.on_write {
+        if (size == node.size || (grow_only && size < node.size)) && !chains.on_write {
             return Ok(());
         }
         if size == 0 && !chains.on_write {

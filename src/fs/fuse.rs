@@ -446,6 +446,20 @@ impl Filesystem for FuseAdapter {
         Self::empty(self.fs.fsync(fh.0), reply);
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _busy = self.governor.enter();
+        Self::empty(self.fs.fallocate(ino.0, offset, length, mode), reply);
+    }
+
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let _busy = self.governor.enter();
         match self.fs.opendir(ino.0) {

@@ -185,6 +185,15 @@ impl SpaceFs {
         self.getattr(ino)
     }
 
+    /// fallocate(2) through an open handle (the kernel has checked it is open for writing).
+    pub fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let InoKind::Store(ino) = classify(ino) else {
+            return Err(libc::EROFS);
+        };
+        self.check_writable()?;
+        self.fallocate_file(ino, offset, length, mode)
+    }
+
     /// New node's owner: the caller, with the group of a setgid parent directory.
     fn new_node(&self, parent: &Node, kind: NodeKind, mode: u32, caller: Caller) -> NewNode {
         let sgid_parent = parent.mode & libc::S_ISGID != 0;
