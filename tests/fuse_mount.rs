@@ -229,6 +229,62 @@ fn uuid_like(s: &str) -> bool {
 }
 
 #[test]
+fn rename_exchange_swaps_two_names() {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let s = scratch();
+    let Some(d) = Daemon::start(&s.store, &s.mnt, "") else {
+        return;
+    };
+    let m = &s.mnt;
+    let exchange = |a: &str, b: &str| {
+        let c = |p: &str| CString::new(m.join(p).as_os_str().as_bytes()).unwrap();
+        let (a, b) = (c(a), c(b));
+        // SAFETY: two NUL-terminated paths that outlive the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        match r {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error().raw_os_error()),
+        }
+    };
+    let nlink = |p: &str| std::fs::metadata(m.join(p)).unwrap().nlink();
+    std::fs::write(m.join("a"), b"first").unwrap();
+    std::fs::write(m.join("b"), b"second").unwrap();
+    let ino_a = std::fs::metadata(m.join("a")).unwrap().ino();
+    assert_eq!(exchange("a", "b"), Ok(()));
+    assert_eq!(std::fs::read(m.join("a")).unwrap(), b"second");
+    assert_eq!(std::fs::read(m.join("b")).unwrap(), b"first");
+    assert_eq!(std::fs::metadata(m.join("b")).unwrap().ino(), ino_a);
+    // A directory and a file in different directories: each parent's link count follows
+    // the subdirectory.
+    std::fs::create_dir_all(m.join("p/sub/deep")).unwrap();
+    std::fs::create_dir(m.join("q")).unwrap();
+    std::fs::write(m.join("q/file"), b"f").unwrap();
+    assert_eq!((nlink("p"), nlink("q")), (3, 2));
+    assert_eq!(exchange("p/sub", "q/file"), Ok(()));
+    assert_eq!((nlink("p"), nlink("q")), (2, 3));
+    assert!(m.join("q/file/deep").is_dir());
+    assert_eq!(std::fs::read(m.join("p/sub")).unwrap(), b"f");
+    // Errors: a missing name; a directory swapped into its own subtree.
+    assert_eq!(exchange("a", "missing"), Err(Some(libc::ENOENT)));
+    assert_eq!(exchange("q", "q/file/deep"), Err(Some(libc::EINVAL)));
+    assert!(d.unmount().success());
+    // Committed: the store sees the swapped tree and is consistent.
+    let space = open(&s.store);
+    let node = space.resolve("/q/file/deep").unwrap();
+    assert_eq!(node.kind, space::store::meta::NodeKind::Dir);
+    assert!(spacectl(&s.store, &["fsck"]).status.success());
+}
+
+#[test]
 fn fallocate_extends_with_zeros() {
     use std::os::fd::AsRawFd;
     let s = scratch();

@@ -331,8 +331,12 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let _busy = self.governor.enter();
-        if flags.intersects(RenameFlags::RENAME_EXCHANGE | RenameFlags::RENAME_WHITEOUT) {
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return reply.error(err(libc::EINVAL));
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            let (a, b) = (name.as_bytes(), newname.as_bytes());
+            return Self::empty(self.fs.exchange(parent.0, a, newparent.0, b), reply);
         }
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         let r = self.fs.rename(

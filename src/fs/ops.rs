@@ -368,7 +368,7 @@ impl SpaceFs {
         Ok(())
     }
 
-    /// POSIX rename; `no_replace` is RENAME_NOREPLACE. RENAME_EXCHANGE is not supported.
+    /// POSIX rename; `no_replace` is RENAME_NOREPLACE (RENAME_EXCHANGE: [`SpaceFs::exchange`]).
     pub fn rename(
         &self,
         parent: u64,
@@ -377,19 +377,7 @@ impl SpaceFs {
         new_name: &[u8],
         no_replace: bool,
     ) -> FsResult<()> {
-        let p = self
-            .writable_dir(parent)
-            .map_err(|e| if e == libc::EROFS { libc::EXDEV } else { e })?;
-        let np = self
-            .writable_dir(new_parent)
-            .map_err(|e| if e == libc::EROFS { libc::EXDEV } else { e })?;
-        check_name(name)?;
-        check_name(new_name)?;
-        if (p.ino == ROOT_INO && name == SPACE_NAME)
-            || (np.ino == ROOT_INO && new_name == SPACE_NAME)
-        {
-            return Err(libc::EBUSY);
-        }
+        let (p, np) = self.rename_dirs(parent, name, new_parent, new_name)?;
         let open = lock(&self.open);
         let kept = self
             .space
@@ -405,6 +393,49 @@ impl SpaceFs {
             }
         }
         // A directory moved elsewhere inherits from its new ancestors.
+        self.forget_inherited_policies();
+        Ok(())
+    }
+
+    /// The two directories of a rename or exchange, both writable store directories (else
+    /// `EXDEV`: a move into or out of `/.space`), with valid names that are not `/.space`.
+    fn rename_dirs(
+        &self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> FsResult<(Node, Node)> {
+        let dir = |ino| {
+            self.writable_dir(ino)
+                .map_err(|e| if e == libc::EROFS { libc::EXDEV } else { e })
+        };
+        let (p, np) = (dir(parent)?, dir(new_parent)?);
+        check_name(name)?;
+        check_name(new_name)?;
+        if (p.ino == ROOT_INO && name == SPACE_NAME)
+            || (np.ino == ROOT_INO && new_name == SPACE_NAME)
+        {
+            return Err(libc::EBUSY);
+        }
+        Ok((p, np))
+    }
+
+    /// renameat2(RENAME_EXCHANGE): the two names swap nodes atomically.
+    pub fn exchange(
+        &self,
+        parent: u64,
+        name: &[u8],
+        other_parent: u64,
+        other_name: &[u8],
+    ) -> FsResult<()> {
+        let (p, op) = self.rename_dirs(parent, name, other_parent, other_name)?;
+        self.space
+            .store
+            .meta
+            .exchange(p.ino, name, op.ino, other_name)
+            .map_err(errno)?;
+        // Directories that moved inherit from their new ancestors.
         self.forget_inherited_policies();
         Ok(())
     }

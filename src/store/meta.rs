@@ -374,6 +374,14 @@ pub trait MetaStore: Send + Sync {
         new_name: &[u8],
         no_replace: bool,
     ) -> Result<()>;
+    /// renameat2(RENAME_EXCHANGE): swaps what two existing names refer to, atomically.
+    fn exchange(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        other_parent: Ino,
+        other_name: &[u8],
+    ) -> Result<()>;
     fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> Result<Node>;
     fn set_attr(&self, ino: Ino, attr: &SetAttr) -> Result<Node>;
     fn set_policy(&self, ino: Ino, policy: Option<&str>) -> Result<Node>;

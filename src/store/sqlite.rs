@@ -1633,6 +1633,67 @@ impl MetaStore for SqliteMeta {
         })
     }
 
+    fn exchange(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        other_parent: Ino,
+        other_name: &[u8],
+    ) -> Result<()> {
+        self.write(|tx| {
+            let a = lookup(tx, parent, name)?
+                .ok_or_else(|| SpaceError::NotFound(display_name(name)))?;
+            let b = lookup(tx, other_parent, other_name)?
+                .ok_or_else(|| SpaceError::NotFound(display_name(other_name)))?;
+            if a.ino == b.ino {
+                return Ok(()); // two names of one node: nothing changes
+            }
+            // Neither may end up inside itself.
+            if (a.kind == NodeKind::Dir && is_ancestor(tx, a.ino, other_parent)?)
+                || (b.kind == NodeKind::Dir && is_ancestor(tx, b.ino, parent)?)
+            {
+                return Err(SpaceError::InvalidArgument(format!(
+                    "cannot exchange `{}` and `{}`: one contains the other",
+                    display_name(name),
+                    display_name(other_name)
+                )));
+            }
+            let point = |dir: Ino, n: &[u8], ino: Ino| {
+                exec(
+                    tx,
+                    "UPDATE dentries SET ino=?3 WHERE parent=?1 AND name=?2",
+                    params![dir as i64, n, ino as i64],
+                )
+            };
+            point(parent, name, b.ino)?;
+            point(other_parent, other_name, a.ino)?;
+            // A directory that changes parent moves its `..` link with it.
+            let moved_dirs = (a.kind == NodeKind::Dir) as i64 - (b.kind == NodeKind::Dir) as i64;
+            if parent != other_parent && moved_dirs != 0 {
+                exec(
+                    tx,
+                    "UPDATE nodes SET nlink=nlink-?2 WHERE ino=?1",
+                    params![parent as i64, moved_dirs],
+                )?;
+                exec(
+                    tx,
+                    "UPDATE nodes SET nlink=nlink+?2 WHERE ino=?1",
+                    params![other_parent as i64, moved_dirs],
+                )?;
+            }
+            let t = now_ns();
+            for ino in [a.ino, b.ino] {
+                exec(
+                    tx,
+                    "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
+                    params![ino as i64, t],
+                )?;
+            }
+            touch_dir(tx, parent, t)?;
+            touch_dir(tx, other_parent, t)
+        })
+    }
+
     fn purge_orphan(&self, ino: Ino) -> Result<bool> {
         self.write(|tx| {
             let Some(n) = get_node(tx, ino)? else {
