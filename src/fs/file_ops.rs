@@ -742,6 +742,9 @@ impl SpaceFs {
         let apply = |inode: &OpenInode| -> FsResult<()> {
             let mut st = lock(&inode.state);
             self.settle_early(&mut st);
+            if grow_only && st.size() >= size {
+                return Ok(()); // nothing to grow: no write buffer needed
+            }
             if st.on_write && st.buf.is_none() && size == 0 {
                 st.buf = Some(WriteBuffer::new(
                     0,
@@ -750,7 +753,7 @@ impl SpaceFs {
                 ));
             }
             let buf = self.ensure_buffer(&mut st)?;
-            if (buf.size() == size && buf.is_pristine()) || (grow_only && buf.size() >= size) {
+            if buf.size() == size && buf.is_pristine() {
                 return Ok(());
             }
             buf.truncate(size)
@@ -767,7 +770,7 @@ impl SpaceFs {
             }
             return Ok(());
         }
-        if (size == node.size || (grow_only && size < node.size)) && !chains.on_write {
+        if (size == node.size && !chains.on_write) || (grow_only && size <= node.size) {
             return Ok(());
         }
         if size == 0 && !chains.on_write {

@@ -95,8 +95,17 @@ impl OpenInode {
 
     /// Size as users see it right now (dirty size if any).
     pub fn size(&self) -> u64 {
-        let st = lock(&self.state);
-        st.buf.as_ref().map(|b| b.size()).unwrap_or(st.node.size)
+        lock(&self.state).size()
+    }
+}
+
+impl InodeState {
+    /// Size as users see it right now (dirty size if any).
+    pub fn size(&self) -> u64 {
+        self.buf
+            .as_ref()
+            .map(|b| b.size())
+            .unwrap_or(self.node.size)
     }
 }
 

@@ -1670,25 +1670,20 @@ impl MetaStore for SqliteMeta {
             // A directory that changes parent moves its `..` link with it.
             let moved_dirs = (a.kind == NodeKind::Dir) as i64 - (b.kind == NodeKind::Dir) as i64;
             if parent != other_parent && moved_dirs != 0 {
-                exec(
-                    tx,
-                    "UPDATE nodes SET nlink=nlink-?2 WHERE ino=?1",
-                    params![parent as i64, moved_dirs],
-                )?;
-                exec(
-                    tx,
-                    "UPDATE nodes SET nlink=nlink+?2 WHERE ino=?1",
-                    params![other_parent as i64, moved_dirs],
-                )?;
+                for (dir, delta) in [(parent, -moved_dirs), (other_parent, moved_dirs)] {
+                    exec(
+                        tx,
+                        "UPDATE nodes SET nlink=nlink+?2 WHERE ino=?1",
+                        params![dir as i64, delta],
+                    )?;
+                }
             }
             let t = now_ns();
-            for ino in [a.ino, b.ino] {
-                exec(
-                    tx,
-                    "UPDATE nodes SET ctime_ns=?2 WHERE ino=?1",
-                    params![ino as i64, t],
-                )?;
-            }
+            exec(
+                tx,
+                "UPDATE nodes SET ctime_ns=?3 WHERE ino IN (?1, ?2)",
+                params![a.ino as i64, b.ino as i64, t],
+            )?;
             touch_dir(tx, parent, t)?;
             touch_dir(tx, other_parent, t)
         })
