@@ -115,7 +115,7 @@ echo "| sequential read ${SIZE_MIB} MiB, cold (MiB/s) | ${R[space.seqr]} | ${R[g
 # (95% bootstrap interval in brackets); "each round" is each round's median of them.
 if [ "$RAND_FS" = " space gocrypt" ]; then
     rand_ratio=$(python3 benches/interleaved_reads.py ratio "$WORK/batches" 0 1)
-    rand_each=$(for r in $(seq "$ROUNDS"); do python3 benches/interleaved_reads.py ratio "$WORK/batches" 0 1 "$r"; done | paste -sd, | sed 's/,/, /g')
+    rand_each=$(python3 benches/interleaved_reads.py each "$WORK/batches" 0 1)
 else
     rand_ratio="" rand_each=""
 fi

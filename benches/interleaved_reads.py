@@ -13,11 +13,14 @@ in turns of short batches, and comparing the batches taken side by side, does no
       random order for every batch. Prints each file's reads/s (over all its batches) on one
       line, and appends to OUT one line per batch: ROUND, then each file's batch time in s.
 
-  interleaved_reads.py ratio OUT A B [ROUND]
+  interleaved_reads.py ratio OUT A B
       Compares files A and B (0-based columns of the read command's FILE list) batch by
       batch: each batch's ratio is time(B) / time(A), so > 1 means A read faster. Prints
-      the median of those ratios (of one round if ROUND is given), and for all rounds also
-      a 95% bootstrap confidence interval of that median: "1.08 [1.05, 1.11]".
+      the median of those ratios over all rounds with a 95% bootstrap confidence interval
+      of that median: "1.08 [1.05, 1.11]".
+
+  interleaved_reads.py each OUT A B
+      The same ratios' median for each round, in round order: "1.07, 1.01, 1.04".
 """
 import os
 import random
@@ -49,28 +52,34 @@ def read(round_no, reads, out, files):
     print(" ".join(f"{reads / t:.0f}" for t in took))
 
 
-def ratio(out, a, b, round_no=None):
-    ratios = []
+def batch_ratios(out, a, b):
+    """Each round's batch ratios time(B) / time(A), by round in the order met."""
+    rounds = {}
     for line in open(out):
         cols = line.split()
-        if round_no is None or cols[0] == round_no:
-            ratios.append(float(cols[1 + b]) / float(cols[1 + a]))
-    median = statistics.median(ratios)
-    if round_no is not None:
-        print(f"{median:.2f}")
-        return
+        rounds.setdefault(cols[0], []).append(float(cols[1 + b]) / float(cols[1 + a]))
+    return rounds
+
+
+def ratio(out, a, b):
+    ratios = [r for rs in batch_ratios(out, a, b).values() for r in rs]
     rnd = random.Random(0)
     boot = sorted(
         statistics.median(rnd.choices(ratios, k=len(ratios))) for _ in range(2000)
     )
-    print(f"{median:.2f} [{boot[50]:.2f}, {boot[1949]:.2f}]")
+    print(f"{statistics.median(ratios):.2f} [{boot[50]:.2f}, {boot[1949]:.2f}]")
+
+
+def each(out, a, b):
+    medians = (statistics.median(rs) for rs in batch_ratios(out, a, b).values())
+    print(", ".join(f"{m:.2f}" for m in medians))
 
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "read":
         read(int(args[0]), int(args[1]), args[2], args[3:])
-    elif cmd == "ratio":
-        ratio(args[0], int(args[1]), int(args[2]), args[3] if len(args) > 3 else None)
+    elif cmd in ("ratio", "each"):
+        (ratio if cmd == "ratio" else each)(args[0], int(args[1]), int(args[2]))
     else:
         sys.exit(__doc__)

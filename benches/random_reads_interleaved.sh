@@ -60,7 +60,7 @@ done
 # Batch by batch (columns: 0 /dev/fuse, 1 io_uring, 2 gocryptfs): over all rounds the median
 # ratio with its 95% bootstrap interval, and each round's median.
 ratio() { python3 benches/interleaved_reads.py ratio "$WORK/batches" "$@"; }
-each() { for r in $(seq "$ROUNDS"); do ratio "$1" "$2" "$r"; done | paste -sd, | sed 's/,/, /g'; }
+each() { python3 benches/interleaved_reads.py each "$WORK/batches" "$@"; }
 python3 - "$WORK/rounds" "$READS" "$SIZE_MIB" "$(ratio 0 2)" "$(ratio 1 2)" "$(each 0 2)" "$(each 1 2)" "$(each 0 1)" <<'PY'
 import statistics, sys
 rows = [list(map(float, l.split()[1:])) for l in open(sys.argv[1])]
